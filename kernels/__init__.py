@@ -1,0 +1,99 @@
+"""The dispatch point: one table maps (op, device) to the function that runs it.
+
+Devices:
+  "numpy"  naive, readable NumPy references (kernels/reference.py): the version to read first.
+  "cpu"    Numba kernels (kernels/cpu.py): @njit(parallel=True) loops, GEMM through BLAS.
+           Any op cpu.py does not define falls back to the reference (as Caffe's GPU path
+           defaults to its CPU one) -- e.g. crop and eltwise sums are plain slicing either way.
+  "cuda"   Numba CUDA kernels (kernels/cuda.py), loaded only when asked for.
+
+Layers and functional ops never test the device themselves: they call ``get(op, device)``.
+The default device is held in a context variable, so ``with minifcn.device("numpy"):`` is
+local to the current thread / task.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+
+DEVICES = ("numpy", "cpu", "cuda")
+
+OPS = (
+    "conv2d", "conv2d_backward",
+    "conv_transpose2d", "conv_transpose2d_backward",
+    "max_pool2d", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward",
+    "relu", "relu_backward",
+    "dropout", "dropout_backward",
+    "crop", "crop_backward",
+    "eltwise_sum", "scale",
+    "lrn", "lrn_backward",
+    "softmax_cross_entropy",
+)
+
+# Which module implements each device, and which device it falls back to for missing ops.
+_BACKENDS = {"numpy": ("reference", None), "cpu": ("cpu", "numpy"), "cuda": ("cuda", None)}
+
+TABLE: dict[tuple[str, str], object] = {}   # (op, device) -> callable, filled on first use
+_current = contextvars.ContextVar("minifcn_device", default="cpu")
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested device cannot run here (e.g. cuda without a GPU or the simulator)."""
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    return device
+
+
+def _load(device: str) -> None:
+    module_name, fallback = _BACKENDS[device]
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ImportError as e:
+        raise DeviceUnavailable(f"device {device!r} is not available: {e}") from None
+    for op in OPS:
+        fn = getattr(module, op, None)
+        if fn is None and fallback is not None:
+            fn = get(op, fallback)
+        if fn is not None:
+            TABLE[(op, device)] = fn
+
+
+def get(op: str, device: str | None = None):
+    """The function that runs `op` on `device` (None: the current default device)."""
+    device = device or _current.get()
+    key = (op, device)
+    fn = TABLE.get(key)
+    if fn is None:
+        if op not in OPS:
+            raise KeyError(f"unknown op {op!r}")
+        check_device(device)
+        _load(device)
+        fn = TABLE.get(key)
+        if fn is None:
+            raise DeviceUnavailable(f"op {op!r} has no kernel on device {device!r}")
+    return fn
+
+
+def get_device() -> str:
+    """The current default device."""
+    return _current.get()
+
+
+def set_device(device: str) -> None:
+    """Make `device` the default for every op and layer that is not told otherwise."""
+    _current.set(check_device(device))
+
+
+@contextlib.contextmanager
+def device(name: str):
+    """``with device("numpy"): ...`` runs the block on that device, then restores the old one."""
+    token = _current.set(check_device(name))
+    try:
+        yield name
+    finally:
+        _current.reset(token)

@@ -1,0 +1,40 @@
+"""Output sizes and pooling windows, shared by every device.
+
+Conventions follow Caffe, as the reference FCN nets need:
+  conv:    out = floor((H + 2p - k_e) / s) + 1,   k_e = d(k - 1) + 1
+  deconv:  out = s(H - 1) + k - 2p
+  pool:    out = ceil((H + 2p - k) / s) + 1 (ceil_mode; floor otherwise), minus one if the last
+           window would start inside the bottom/right padding (so it always covers real input).
+"""
+from __future__ import annotations
+
+
+def pair(v, name="value"):
+    """An int or an (h, w) pair -> (h, w) tuple of ints."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or an (h, w) pair, got {v!r}")
+        h, w = v
+    else:
+        h = w = v
+    try:
+        h, w = int(h), int(w)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or an (h, w) pair, got {v!r}") from None
+    return h, w
+
+
+def conv_out(size, kernel, stride, pad, dilation=1):
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def deconv_out(size, kernel, stride, pad):
+    return stride * (size - 1) + kernel - 2 * pad
+
+
+def pool_out(size, kernel, stride, pad, ceil_mode=True):
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1          # Caffe: the last window must start inside the (padded) input
+    return out

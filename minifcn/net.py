@@ -1,0 +1,268 @@
+"""Net: a DAG of named layers over named blobs, with explicit forward and backward passes.
+
+    net = Net(inputs=["data", "label"])
+    net.add("conv1", Conv(3, 16, 3, pad=1), "data")          # top defaults to the layer name
+    net.add("relu1", ReLU(), "conv1", "conv1")               # in place, as in Caffe
+    ...
+    out = net.forward(data=x, label=y)       # the output blobs (a dict if there are several)
+    dx = net.backward()                      # loss layers are seeded with 1; returns d(data)
+
+Layers run in the order they were added, which is a topological order by construction: a
+bottom must exist (a net input or an earlier top) when its consumer is added. A blob read by
+several layers receives the sum of their gradients. Layers whose top reuses their bottom's
+name (ReLU, Dropout, Scale) replace the blob in place, as Caffe's in-place layers do.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+
+class Net:
+    def __init__(self, inputs=("data",), name="net"):
+        self.name = name
+        self.inputs = list(inputs)
+        self.layers: "OrderedDict[str, object]" = OrderedDict()
+        self.bottoms: dict[str, list[str]] = {}
+        self.bottom_sources: dict[str, list[str | None]] = {}   # producer of each bottom read
+        self.tops: dict[str, list[str]] = {}
+        self.producer: dict[str, str | None] = {b: None for b in self.inputs}
+        self.blobs: dict[str, object] = {}
+        self.timings: dict[str, list[float]] = {}    # layer -> [forward s, backward s] of last pass
+        self._consumers: dict[str, list[str]] = {b: [] for b in self.inputs}
+        self.outputs: list[str] = []     # blobs no layer reads: what forward returns
+
+    # ------------------------------------------------------------------ building
+    def add(self, name, layer, bottoms, tops=None):
+        """Add `layer` reading `bottoms` (a name or a list) and writing `tops` (default: the
+        layer's name). Returns the top's name (or list of names), for chaining."""
+        bottoms = [bottoms] if isinstance(bottoms, str) else list(bottoms)
+        tops = [name] if tops is None else ([tops] if isinstance(tops, str) else list(tops))
+        if name in self.layers:
+            raise ValueError(f"{self.name}: a layer named {name!r} already exists")
+        for b in bottoms:
+            if b not in self.producer:
+                raise ValueError(f"{self.name}: layer {name!r} reads blob {b!r}, which no "
+                                 f"earlier layer produces and is not an input {self.inputs}")
+        if layer.n_bottoms is not None and len(bottoms) != layer.n_bottoms:
+            raise ValueError(f"{self.name}: layer {name!r} ({type(layer).__name__}) takes "
+                             f"{layer.n_bottoms} bottom(s), got {bottoms}")
+        for t in tops:
+            if t in self.producer and not (t in bottoms and layer.inplace_ok):
+                raise ValueError(f"{self.name}: layer {name!r} writes blob {t!r}, which already "
+                                 f"exists (only ReLU/Dropout/Scale may work in place)")
+            if t in bottoms and self._consumers[t]:
+                raise ValueError(f"{self.name}: layer {name!r} would change blob {t!r} in place "
+                                 f"after {self._consumers[t]} read it; give it a new top")
+        self.layers[name] = layer
+        self.bottoms[name], self.tops[name] = bottoms, tops
+        self.bottom_sources[name] = [self.producer[b] for b in bottoms]
+        for b in bottoms:
+            self._consumers[b].append(name)
+        for t in tops:
+            self.producer[t] = name
+            self._consumers[t] = [] if t not in bottoms else self._consumers[t]
+        self._on_change()
+        return tops[0] if len(tops) == 1 else tops
+
+    def _on_change(self):
+        """Recompute what derives from the graph: crop offsets and the output blobs."""
+        from .coordmap import derive_crop_offsets  # late import: coordmap reads Net graphs
+        derive_crop_offsets(self)
+        read = {(b, src) for n in self.layers
+                for b, src in zip(self.bottoms[n], self.bottom_sources[n])}
+        self.outputs = [t for n in self.layers for t in self.tops[n]
+                        if self.producer[t] == n and (t, n) not in read]
+
+    # ------------------------------------------------------------------ running
+    def forward(self, *args, **inputs):
+        """Run every layer. Inputs by keyword (or positionally in the order of net.inputs).
+        Returns the output blob, or a dict {name: array} when there are several."""
+        for name, value in zip(self.inputs, args):
+            inputs[name] = value
+        missing = [b for b in self.inputs if b not in inputs]
+        unknown = [b for b in inputs if b not in self.inputs]
+        if missing or unknown:
+            raise ValueError(f"{self.name}: forward needs inputs {self.inputs}; missing "
+                             f"{missing}, unknown {unknown}")
+        blobs = self.blobs = dict(inputs)
+        for name, layer in self.layers.items():
+            t0 = time.perf_counter()
+            bottoms = [blobs[b] for b in self.bottoms[name]]
+            try:
+                tops = layer.forward(*bottoms)
+            except ValueError as e:
+                shapes = ", ".join(f"{b} {tuple(np.shape(blobs[b]))}" for b in self.bottoms[name])
+                raise ValueError(f"{self.name}: layer {name!r} ({type(layer).__name__}) on "
+                                 f"bottoms [{shapes}]: {e}") from None
+            for t, value in zip(self.tops[name], tops):
+                blobs[t] = value
+            self.timings[name] = [time.perf_counter() - t0, 0.0]
+        outs = self.outputs
+        return blobs[outs[0]] if len(outs) == 1 else {o: blobs[o] for o in outs}
+
+    def _needs_grad(self, input_grads):
+        """Which blobs need a gradient: those from which a trainable parameter or a wanted
+        input gradient can be reached going backwards. Everything else is skipped."""
+        need = {b: input_grads for b in self.inputs}
+        for name, layer in self.layers.items():
+            flows = any(need.get(b, False) for b in self.bottoms[name])
+            has_params = any(layer.trainable(p) for p in layer.params)
+            for t in self.tops[name]:
+                need[t] = flows or has_params
+        return need
+
+    def backward(self, grads=None, input_grads=True, accumulate=False):
+        """Backpropagate through every layer in reverse order.
+
+        grads: {blob: dout} for output blobs; loss layers' outputs are seeded with 1.0 unless
+        given. input_grads=False skips the gradient of the net inputs (training never uses
+        it). accumulate=True adds parameter gradients to those already held (iter_size).
+        Returns the gradient of the float inputs: one array, or a dict when there are several.
+        """
+        diffs = {}
+        for name, layer in self.layers.items():
+            if layer.is_loss:
+                diffs[self.tops[name][0]] = 1.0
+        for blob, d in (grads or {}).items():
+            if blob not in self.producer:
+                raise ValueError(f"{self.name}: backward got a gradient for unknown blob {blob!r}")
+            diffs[blob] = d
+        if not diffs:
+            raise ValueError(f"{self.name}: nothing to backpropagate: the net has no loss layer, "
+                             f"so pass grads={{blob: dout}} for its outputs {self.outputs}")
+        need = self._needs_grad(input_grads)
+        for name in reversed(self.layers):
+            layer = self.layers[name]
+            dtops = [diffs.pop(t, None) for t in self.tops[name]]
+            if all(d is None for d in dtops):
+                continue                          # nothing flows back through this layer
+            dtops = [np.zeros_like(self.blobs[t]) if d is None else d
+                     for t, d in zip(self.tops[name], dtops)]
+            wanted = [need[b] for b in self.bottoms[name]]
+            if not any(wanted) and not any(layer.trainable(p) for p in layer.params):
+                continue
+            t0 = time.perf_counter()
+            dbottoms = layer.backward(dtops, wanted, accumulate)
+            for b, d, w in zip(self.bottoms[name], dbottoms, wanted):
+                if d is None or not w:
+                    continue
+                diffs[b] = d if b not in diffs else diffs[b] + d
+            self.timings.setdefault(name, [0.0, 0.0])[1] = time.perf_counter() - t0
+        dinputs = {b: diffs.get(b) for b in self.inputs if input_grads and b in diffs}
+        if len(dinputs) == 1:
+            return next(iter(dinputs.values()))
+        return dinputs or None
+
+    # ------------------------------------------------------------------ modes, parameters
+    def train(self, mode=True):
+        for layer in self.layers.values():
+            layer.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def params(self):
+        """OrderedDict "<layer>.<param>" -> array, in layer order."""
+        return OrderedDict((f"{n}.{p}", v) for n, layer in self.layers.items()
+                           for p, v in layer.params.items())
+
+    def grads(self):
+        return OrderedDict((f"{n}.{p}", layer.grads[p]) for n, layer in self.layers.items()
+                           for p in layer.params)
+
+    def param_specs(self):
+        """OrderedDict "<layer>.<param>" -> (lr_mult, decay_mult)."""
+        return OrderedDict((f"{n}.{p}", (layer.lr_mult[p], layer.decay_mult[p]))
+                           for n, layer in self.layers.items() for p in layer.params)
+
+    def set_param(self, key, value):
+        """Replace a parameter (same shape; cast to its dtype)."""
+        layer_name, _, p = key.rpartition(".")
+        layer = self.layers[layer_name]
+        old = layer.params[p]
+        if tuple(np.shape(value)) != tuple(old.shape):
+            raise ValueError(f"{self.name}: {key} has shape {tuple(old.shape)}, got "
+                             f"{tuple(np.shape(value))}")
+        layer.params[p] = np.asarray(value, dtype=old.dtype).copy()
+
+    def zero_grads(self):
+        for layer in self.layers.values():
+            for p in layer.grads:
+                layer.grads[p] = np.zeros_like(layer.params[p])
+
+    def num_params(self, trainable_only=False):
+        return int(sum(v.size for n, layer in self.layers.items()
+                       for p, v in layer.params.items()
+                       if not trainable_only or layer.trainable(p)))
+
+    def astype(self, dtype):
+        """Cast every parameter (float64 for gradient checks)."""
+        for layer in self.layers.values():
+            for p in layer.params:
+                layer.params[p] = layer.params[p].astype(dtype)
+                layer.grads[p] = np.zeros_like(layer.params[p])
+        return self
+
+    def to(self, device):
+        """Run every layer on `device` ("numpy", "cpu", "cuda"; None: the current default)."""
+        from .kernels import check_device
+        if device is not None:
+            check_device(device)
+        for layer in self.layers.values():
+            layer.device = device
+        return self
+
+    # ------------------------------------------------------------------ files
+    def save(self, path):
+        """Write the parameters to an .npz (atomically: a temp file, then a rename)."""
+        save_npz(path, self.params())
+
+    def load(self, path, strict=True):
+        """Read parameters saved by save(). Names and shapes must match (strict) or the
+        matching ones are loaded; returns {"missing": [...], "unexpected": [...]}."""
+        with np.load(path, allow_pickle=False) as f:
+            stored = {k: f[k] for k in f.files}
+        own = self.params()
+        missing = [k for k in own if k not in stored]
+        unexpected = [k for k in stored if k not in own]
+        bad = [f"{k}: file {stored[k].shape} vs net {own[k].shape}" for k in own
+               if k in stored and stored[k].shape != own[k].shape]
+        if bad or (strict and (missing or unexpected)):
+            raise ValueError(f"{self.name}: {path} does not fit this net; shape mismatches "
+                             f"{bad}, missing {missing}, unexpected {unexpected}")
+        for k in own:
+            if k in stored:
+                self.set_param(k, stored[k])
+        return {"missing": missing, "unexpected": unexpected}
+
+    def summary(self):
+        """One line per layer: name, type, bottoms -> tops, parameter shapes."""
+        lines = []
+        for name, layer in self.layers.items():
+            ps = ", ".join(f"{p}{tuple(v.shape)}" for p, v in layer.params.items())
+            lines.append(f"{name:16s} {layer!r:40s} {','.join(self.bottoms[name])} -> "
+                         f"{','.join(self.tops[name])}  {ps}")
+        return "\n".join(lines)
+
+
+def save_npz(path, arrays):
+    """np.savez to a temporary file in the target directory, then an atomic rename: a crash
+    never leaves a half-written file behind."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
