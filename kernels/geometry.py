@@ -5,6 +5,9 @@ Conventions follow Caffe, as the reference FCN nets need:
   deconv:  out = s(H - 1) + k - 2p
   pool:    out = ceil((H + 2p - k) / s) + 1 (ceil_mode; floor otherwise), minus one if the last
            window would start inside the bottom/right padding (so it always covers real input).
+           Caffe applies that correction only when p > 0, and with p = 0 and k < s it can emit
+           an empty last window; we apply it always, as PyTorch does. The two agree whenever
+           Caffe's windows are all non-empty (every net in the paper).
 """
 from __future__ import annotations
 
@@ -35,6 +38,6 @@ def deconv_out(size, kernel, stride, pad):
 def pool_out(size, kernel, stride, pad, ceil_mode=True):
     span = size + 2 * pad - kernel
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
-        out -= 1          # Caffe: the last window must start inside the (padded) input
+    if (out - 1) * stride >= size + pad:
+        out -= 1          # the last window must start inside the input or its top/left pad
     return out

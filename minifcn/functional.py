@@ -73,9 +73,12 @@ def _conv_args(op, x, w, b, stride, pad, dilation, groups):
     _check_arrays(op, x=x, w=w, b=b)
     _check_geometry(op, w.shape[2:], stride, pad, dilation)
     groups = int(groups)
-    if groups < 1 or w.shape[0] % groups or w.shape[1] * groups != x.shape[1]:
+    if groups < 1 or w.shape[0] % groups:
+        raise ValueError(f"{op}: w {tuple(w.shape)} has {w.shape[0]} output channels, not "
+                         f"divisible by groups={groups}")
+    if w.shape[1] * groups != x.shape[1]:
         raise ValueError(f"{op}: x has {x.shape[1]} channels but w {tuple(w.shape)} with groups="
-                         f"{groups} expects {w.shape[1] * groups} (and C_out divisible by groups)")
+                         f"{groups} expects {w.shape[1] * groups}")
     if b is not None and tuple(b.shape) != (w.shape[0],):
         raise ValueError(f"{op}: b has shape {tuple(b.shape)}, expected ({w.shape[0]},)")
     out = conv2d_output_shape(x.shape, w.shape, stride, pad, dilation)
