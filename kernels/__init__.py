@@ -30,6 +30,7 @@ OPS = (
     "eltwise_sum", "scale",
     "lrn", "lrn_backward",
     "softmax_cross_entropy",
+    "sgd_update", "adam_update",
 )
 
 # Which module implements each device, and which device it falls back to for missing ops.

@@ -266,3 +266,25 @@ def softmax_cross_entropy(scores, labels, ignore_label, normalize, class_weights
                       np.take_along_axis(d, lab[:, None].astype(np.intp), axis=1) - 1, axis=1)
     d *= (weight / norm)[:, None].astype(scores.dtype)
     return float(loss), d.astype(scores.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- solver updates
+def sgd_update(param, grad, buf, lr, momentum, weight_decay):
+    """Caffe's SGD step, in place: buf = momentum*buf + lr*(grad + weight_decay*param);
+    param -= buf."""
+    buf *= momentum
+    buf += lr * (grad + weight_decay * param)
+    param -= buf
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """Adam step t (1-based), in place, with L2 weight decay added to the gradient:
+    m, v = running means of g and g^2; param -= lr * m_hat / (sqrt(v_hat) + eps)."""
+    g = grad + weight_decay * param
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    m_hat = m / (1 - beta1 ** t)
+    v_hat = v / (1 - beta2 ** t)
+    param -= lr * m_hat / (np.sqrt(v_hat) + eps)

@@ -65,7 +65,7 @@ class Net:
             self._consumers[b].append(name)
         for t in tops:
             self.producer[t] = name
-            self._consumers[t] = [] if t not in bottoms else self._consumers[t]
+            self._consumers[t] = []          # readers of this (new) version of the blob
         self._on_change()
         return tops[0] if len(tops) == 1 else tops
 
@@ -79,18 +79,27 @@ class Net:
                         if self.producer[t] == n and (t, n) not in read]
 
     # ------------------------------------------------------------------ running
-    def forward(self, *args, **inputs):
-        """Run every layer. Inputs by keyword (or positionally in the order of net.inputs).
-        Returns the output blob, or a dict {name: array} when there are several."""
+    def forward(self, *args, until=None, **inputs):
+        """Run the layers in order. Inputs by keyword (or positionally in the order of
+        net.inputs). Returns the output blob, or a dict {name: array} when there are several.
+        until="score" stops once that blob is made and returns it; inputs that only later
+        layers read (the label of a training net) may then be left out."""
         for name, value in zip(self.inputs, args):
             inputs[name] = value
-        missing = [b for b in self.inputs if b not in inputs]
+        names = list(self.layers)
+        if until is not None:
+            if until not in self.producer:
+                raise ValueError(f"{self.name}: forward(until={until!r}): no such blob")
+            names = names[:names.index(self.producer[until]) + 1] if self.producer[until] else []
+        read = {b for n in names for b in self.bottoms[n]}
+        missing = [b for b in self.inputs if b not in inputs and (b in read or until == b)]
         unknown = [b for b in inputs if b not in self.inputs]
         if missing or unknown:
             raise ValueError(f"{self.name}: forward needs inputs {self.inputs}; missing "
                              f"{missing}, unknown {unknown}")
         blobs = self.blobs = dict(inputs)
-        for name, layer in self.layers.items():
+        for name in names:
+            layer = self.layers[name]
             t0 = time.perf_counter()
             bottoms = [blobs[b] for b in self.bottoms[name]]
             try:
@@ -102,6 +111,8 @@ class Net:
             for t, value in zip(self.tops[name], tops):
                 blobs[t] = value
             self.timings[name] = [time.perf_counter() - t0, 0.0]
+        if until is not None:
+            return blobs[until]
         outs = self.outputs
         return blobs[outs[0]] if len(outs) == 1 else {o: blobs[o] for o in outs}
 

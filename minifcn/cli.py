@@ -1,0 +1,318 @@
+"""The `minifcn` command: train, eval, predict, rf, bench.
+
+Every verb checks its arguments and inputs before work starts; a bad argument, a missing
+file or a malformed dataset prints one line on stderr and exits non-zero, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(Exception):
+    """A command-line mistake: reported on one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):             # one line, not argparse's usage block
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+# ----------------------------------------------------------------------------- shared pieces
+def _add_model(p, required=True):
+    p.add_argument("--model", default="fcn8s_tiny" if not required else None,
+                   required=required, help="model name (see `minifcn rf --list`)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="number of classes incl. background (default: the dataset's)")
+
+
+def _add_device(p):
+    p.add_argument("--device", choices=["numpy", "cpu", "cuda"], default="cpu",
+                   help="where the kernels run (default cpu)")
+
+
+def _add_data(p, split_default):
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (built in) or a directory in the PASCAL VOC layout")
+    p.add_argument("--split", default=split_default, help="split file name in ImageSets/Segmentation")
+    p.add_argument("--sbd", action="store_true", help="the directory is in SBD's layout (cls/*.mat)")
+    p.add_argument("--synthetic-size", type=int, default=None, metavar="N",
+                   help="number of synthetic images (default 400 train / 100 val)")
+
+
+def model_names():
+    from . import models
+    return sorted(models.MODELS)
+
+
+def build_model(name, num_classes, loss=True, **kw):
+    from . import models
+    if name not in models.MODELS:
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
+    return models.MODELS[name](num_classes=num_classes, loss=loss, **kw)
+
+
+def load_dataset(spec, split, num_classes=None, sbd=False, n=None, seed=0):
+    """('synthetic' or a VOC directory, split) -> (dataset, num_classes), validated."""
+    from . import data
+    if spec == "synthetic":
+        n_train, n_val = (n, max(1, n // 4)) if n else (400, 100)
+        train, val = data.synthetic_splits(n_train, n_val, seed=seed,
+                                           num_classes=num_classes or 5)
+        ds = {"train": train, "val": val}.get(split)
+        if ds is None:
+            raise UsageError(f"the synthetic dataset has splits 'train' and 'val', not {split!r}")
+        return ds, ds.num_classes
+    if not os.path.isdir(spec):
+        raise FileNotFoundError(f"dataset directory {spec} does not exist")
+    if num_classes is None:
+        num_classes = len(data.VOC_CLASSES)
+    data.validate_voc(spec, split, num_classes, sbd=sbd)
+    return data.VOCSegmentation(spec, split, sbd=sbd), num_classes
+
+
+def load_weights(net, path):
+    """Plain weights (Net.save) or a training checkpoint: either fills the net."""
+    from .train import load_checkpoint
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    with np.load(path, allow_pickle=False) as f:
+        is_checkpoint = "info" in f.files
+    if is_checkpoint:
+        load_checkpoint(path, net)
+    else:
+        net.load(path)
+
+
+# ----------------------------------------------------------------------------- verbs
+def cmd_train(a):
+    from . import data, train
+    dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd, a.synthetic_size,
+                                        a.seed)
+    val, _ = (load_dataset(a.data, a.val_split, num_classes, a.sbd, a.synthetic_size, a.seed)
+              if a.val_split else (None, None))
+    if a.crop is None and a.batch > 1 and a.data != "synthetic":
+        raise UsageError("--batch > 1 needs images of one size: give --crop H W (or --batch 1)")
+    net = build_model(a.model, num_classes, loss=True, normalize=a.normalize)
+    if a.class_weights is not None:
+        if len(a.class_weights) != num_classes:
+            raise UsageError(f"--class-weights has {len(a.class_weights)} values for "
+                             f"{num_classes} classes")
+        net.layers["loss"].class_weights = np.asarray(a.class_weights)
+    if a.weights:
+        load_weights(net, a.weights)
+    if a.vgg16:
+        from .weights import import_torchvision_vgg16, load_torch_state_dict
+        report = import_torchvision_vgg16(net, load_torch_state_dict(a.vgg16))
+        print(f"imported VGG16 weights from {a.vgg16}: {report}")
+    net.to(a.device)
+    if a.data == "synthetic":                # generated on the fly: hold it in memory
+        dataset = [dataset[i] for i in range(len(dataset))]
+    loader = data.Loader(dataset, batch_size=a.batch, seed=a.seed,
+                         crop=tuple(a.crop) if a.crop else None, mirror=a.mirror)
+    solver = train.make_solver(net, a.optimizer, lr=a.lr, momentum=a.momentum,
+                               weight_decay=a.weight_decay, policy=a.lr_policy, gamma=a.gamma,
+                               stepsize=a.stepsize, power=a.power, max_iter=a.iters)
+    trainer = train.Trainer(net, solver, loader, a.out, val_data=val, num_classes=num_classes,
+                            iter_size=a.iter_size, loss_sample=a.loss_sample, sample_seed=a.seed,
+                            val_interval=a.val_interval, checkpoint_interval=a.checkpoint_interval,
+                            progress=not a.no_progress)
+    if a.resume:
+        path = trainer.checkpoint_path if a.resume == "last" else a.resume
+        info = trainer.resume(path)
+        print(f"resumed from {path} at iteration {info['iter']}")
+    status = trainer.run(a.iters, max_seconds=None if a.minutes is None else a.minutes * 60)
+    print(f"training {status} at iteration {solver.iter}; checkpoint {trainer.checkpoint_path}")
+    if val is not None:
+        scores = train.evaluate(net, val, num_classes)
+        print(_metrics_line(scores))
+    return EXIT_INTERRUPTED if status == "interrupted" else 0
+
+
+def _metrics_line(s):
+    return (f"pixel acc {s['pixel_acc']:.4f}  mean acc {s['mean_acc']:.4f}  mean IU "
+            f"{s['mean_iu']:.4f}  f.w. IU {s['fw_iu']:.4f}")
+
+
+def cmd_eval(a):
+    from . import metrics, train, viz
+    dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd, a.synthetic_size)
+    net = build_model(a.model, num_classes, loss=True)
+    load_weights(net, a.weights)
+    net.to(a.device)
+    scores = train.evaluate(net, dataset, num_classes, progress=True)
+    names = getattr(dataset, "class_names", None)
+    print(metrics.format_table(scores, names))
+    if a.overlays:
+        for i in range(min(a.n_overlays, len(dataset))):
+            img, label = dataset[i]
+            pred = _predict_image(net, img)
+            viz.save_overlay(img, pred, os.path.join(a.overlays, f"{i:04d}.png"), truth=label)
+        print(f"overlays (image | truth | prediction) in {a.overlays}")
+    return 0
+
+
+def _predict_image(net, img):
+    from .data import preprocess
+    from .train import predict
+    return predict(net, preprocess(img)[None])[0]
+
+
+def cmd_predict(a):
+    from PIL import Image, UnidentifiedImageError
+
+    from . import viz
+    for path in a.images:                    # check every input before any work
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {path} does not exist")
+    net = build_model(a.model, a.num_classes, loss=False)
+    load_weights(net, a.weights)
+    net.to(a.device)
+    os.makedirs(a.out, exist_ok=True)
+    for path in a.images:
+        try:
+            with Image.open(path) as im:
+                img = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from None
+        pred = _predict_image(net, img)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        viz.save_mask(pred, os.path.join(a.out, f"{stem}.png"))
+        viz.save_overlay(img, pred, os.path.join(a.out, f"{stem}_overlay.png"))
+        counts = np.bincount(pred.ravel(), minlength=a.num_classes)
+        print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {a.out}/{stem}.png; pixels per class "
+              f"{counts.tolist()}")
+    return 0
+
+
+def cmd_rf(a):
+    from .coordmap import rf_table
+    if a.list:
+        print("\n".join(model_names()))
+        return 0
+    if not a.model:
+        raise UsageError("minifcn rf: give a model name (or --list)")
+    net = build_model(a.model, a.num_classes or 21, loss=False, materialize=False)
+    print(rf_table(net, tuple(a.size)))
+    return 0
+
+
+def cmd_bench(a):
+    from . import bench
+    if not hasattr(bench, "main"):
+        raise UsageError("minifcn bench is not available yet")
+    return bench.main(a)
+
+
+# ----------------------------------------------------------------------------- parser
+def make_parser():
+    p = _Parser(prog="minifcn", description="Fully Convolutional Networks from scratch.")
+    sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model", description="Train a model; writes a "
+                       "checkpoint, log.jsonl and curves.png to --out.")
+    _add_model(t, required=False)
+    _add_data(t, "train")
+    _add_device(t)
+    t.add_argument("--val-split", default="val", help="split to validate on ('' for none)")
+    t.add_argument("--out", default="runs/train", help="output directory")
+    t.add_argument("--iters", type=int, default=1000)
+    t.add_argument("--minutes", type=float, default=None, help="stop after this much training")
+    t.add_argument("--batch", type=int, default=1)
+    t.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
+    t.add_argument("--mirror", action="store_true")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--lr-policy", choices=["fixed", "step", "poly"], default="fixed")
+    t.add_argument("--gamma", type=float, default=0.1)
+    t.add_argument("--stepsize", type=int, default=None)
+    t.add_argument("--power", type=float, default=0.9)
+    t.add_argument("--iter-size", type=int, default=1, help="batches per update (accumulated)")
+    t.add_argument("--loss-sample", type=float, default=None, metavar="P",
+                   help="keep each pixel's loss term with probability P (paper 3.4)")
+    t.add_argument("--normalize", choices=["valid", "batch", "none"], default="valid")
+    t.add_argument("--class-weights", type=float, nargs="+", default=None)
+    t.add_argument("--weights", help="initial weights (.npz)")
+    t.add_argument("--vgg16", help="torchvision VGG16 .pth to start from (the paper's recipe)")
+    t.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint "
+                   "(default: the one in --out)")
+    t.add_argument("--val-interval", type=int, default=200)
+    t.add_argument("--checkpoint-interval", type=int, default=200)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="score a model on a dataset split (the paper's 4 metrics)")
+    _add_model(e, required=False)
+    _add_data(e, "val")
+    _add_device(e)
+    e.add_argument("--weights", required=True, help="weights .npz or training checkpoint")
+    e.add_argument("--overlays", help="write image|truth|prediction PNGs here")
+    e.add_argument("--n-overlays", type=int, default=8)
+    e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("predict", help="segment images of any size")
+    _add_model(r, required=False)
+    _add_device(r)
+    r.add_argument("--weights", required=True)
+    r.add_argument("--out", default="predictions", help="output directory")
+    r.add_argument("images", nargs="+", help="image files")
+    r.set_defaults(fn=cmd_predict)
+
+    f = sub.add_parser("rf", help="per-layer sizes, receptive fields and crop offsets")
+    f.add_argument("model", nargs="?")
+    f.add_argument("--size", type=int, nargs=2, default=(500, 500), metavar=("H", "W"))
+    f.add_argument("--num-classes", type=int, default=None)
+    f.add_argument("--list", action="store_true", help="list the model names")
+    f.set_defaults(fn=cmd_rf)
+
+    b = sub.add_parser("bench", help="time kernels, layers and nets")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def _check_ranges(a):
+    for name in ("iters", "batch", "iter_size", "val_interval", "checkpoint_interval",
+                 "n_overlays", "num_classes", "synthetic_size"):
+        v = getattr(a, name, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if getattr(a, "num_classes", None) is None and getattr(a, "verb", "") == "predict":
+        a.num_classes = 5
+    for name in ("lr", "minutes"):
+        v = getattr(a, name, None)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name} must be > 0, got {v}")
+    if getattr(a, "crop", None) and min(a.crop) < 1:
+        raise UsageError(f"--crop must be positive, got {a.crop}")
+
+
+def main(argv=None):
+    from .data import DatasetError
+    from .kernels import DeviceUnavailable
+    from .train import TrainingDiverged
+    try:
+        a = make_parser().parse_args(argv)
+        _check_ranges(a)
+        return a.fn(a)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, DatasetError, DeviceUnavailable, TrainingDiverged,
+            OSError) as e:
+        print(f"minifcn: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("minifcn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Solvers and the training loop: the reference's recipe, checkpoints, resume.
+
+    solver = SGD(net, lr=1e-10, momentum=0.99, weight_decay=5e-4)     # voc-fcn32s/solver.prototxt
+    trainer = Trainer(net, solver, loader, out_dir="runs/x", val_data=val, num_classes=21)
+    trainer.run(iters=100000)
+
+Caffe's conventions, which the reference FCNs were trained with:
+  * per-parameter multipliers: each parameter's lr and decay are scaled by its layer's
+    lr_mult / decay_mult (biases: 2x lr, no decay; frozen upsampling filters: lr_mult 0);
+  * iter_size: gradients of several batches are summed, then divided by iter_size;
+  * lr policies: fixed, step (lr * gamma^floor(it/stepsize)), poly (lr * (1 - it/max)^power).
+Loss sampling (paper 3.4) keeps each pixel's loss term with probability p by marking the
+others void, so the gradient is that of a random subset of the spatial loss terms.
+
+A checkpoint (.npz, written atomically, no pickle) holds the weights, the solver's buffers,
+the iteration and every random generator's state (data order, crops, dropout, sampling), so
+a resumed run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+
+import numpy as np
+
+from . import layers as L
+from .kernels import get
+from .metrics import ConfusionMatrix
+from .net import save_npz
+
+IGNORE = 255
+
+
+# ----------------------------------------------------------------------------- solvers
+class Solver:
+    """Base: learning-rate policy, per-parameter multipliers, state for checkpoints."""
+
+    def __init__(self, net, lr, weight_decay=5e-4, policy="fixed", gamma=0.1, stepsize=None,
+                 power=0.9, max_iter=None):
+        if policy not in ("fixed", "step", "poly"):
+            raise ValueError(f"lr policy must be fixed, step or poly, got {policy!r}")
+        if policy == "step" and not stepsize:
+            raise ValueError("the step lr policy needs stepsize")
+        if policy == "poly" and not max_iter:
+            raise ValueError("the poly lr policy needs max_iter")
+        self.net, self.base_lr, self.weight_decay = net, float(lr), float(weight_decay)
+        self.policy, self.gamma, self.stepsize = policy, gamma, stepsize
+        self.power, self.max_iter = power, max_iter
+        self.iter = 0
+        self.buffers: dict[str, dict[str, np.ndarray]] = {}   # buffer name -> param -> array
+
+    def lr(self, it=None):
+        it = self.iter if it is None else it
+        if self.policy == "step":
+            return self.base_lr * self.gamma ** (it // self.stepsize)
+        if self.policy == "poly":
+            return self.base_lr * max(0.0, 1 - it / self.max_iter) ** self.power
+        return self.base_lr
+
+    def _buffer(self, kind, key, like):
+        store = self.buffers.setdefault(kind, {})
+        if key not in store:
+            store[key] = np.zeros_like(like)
+        return store[key]
+
+    def step(self, grad_scale=1.0):
+        """One update of every trainable parameter from its gradient (times grad_scale)."""
+        lr = self.lr()
+        for name, layer in self.net.layers.items():
+            for p, value in layer.params.items():
+                if layer.lr_mult[p] == 0:
+                    continue
+                g = layer.grads[p] if grad_scale == 1 else layer.grads[p] * grad_scale
+                self._update(f"{name}.{p}", value, g, lr * layer.lr_mult[p],
+                             self.weight_decay * layer.decay_mult[p])
+        self.iter += 1
+
+    def state_arrays(self):
+        return {f"solver/{kind}/{key}": v for kind, d in self.buffers.items()
+                for key, v in d.items()}
+
+    def load_state_arrays(self, arrays, iteration):
+        self.iter = int(iteration)
+        params = self.net.params()
+        for k, v in arrays.items():
+            _, kind, key = k.split("/", 2)
+            if key not in params or params[key].shape != v.shape:
+                raise ValueError(f"checkpoint solver buffer {key!r} {v.shape} does not fit the "
+                                 f"net")
+            self.buffers.setdefault(kind, {})[key] = v.astype(params[key].dtype)
+
+
+class SGD(Solver):
+    """Caffe's SGD with momentum: v = momentum v + lr (g + wd w); w -= v."""
+
+    def __init__(self, net, lr, momentum=0.9, weight_decay=5e-4, **policy):
+        super().__init__(net, lr, weight_decay, **policy)
+        self.momentum = float(momentum)
+
+    def _update(self, key, param, grad, lr, wd):
+        buf = self._buffer("momentum", key, param)
+        get("sgd_update", self.net.layers[key.rpartition(".")[0]].device)(
+            param, grad, buf, lr, self.momentum, wd)
+
+
+class Adam(Solver):
+    """Adam (Kingma & Ba) with L2 weight decay; the multipliers apply as for SGD."""
+
+    def __init__(self, net, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 **policy):
+        super().__init__(net, lr, weight_decay, **policy)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def _update(self, key, param, grad, lr, wd):
+        m = self._buffer("m", key, param)
+        v = self._buffer("v", key, param)
+        get("adam_update", self.net.layers[key.rpartition(".")[0]].device)(
+            param, grad, m, v, lr, self.beta1, self.beta2, self.eps, wd, self.iter + 1)
+
+
+def make_solver(net, optimizer="sgd", **kw):
+    if optimizer == "sgd":
+        return SGD(net, **kw)
+    if optimizer == "adam":
+        kw.pop("momentum", None)
+        return Adam(net, **kw)
+    raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
+
+
+# ----------------------------------------------------------------------------- evaluation
+def predict(net, x):
+    """Class map (N, H, W) for preprocessed images x (N, 3, H, W): argmax of 'score'."""
+    net.eval()
+    scores = net.forward(data=x, until="score")
+    return np.asarray(scores).argmax(axis=1)
+
+
+def evaluate(net, dataset, num_classes, mean=None, progress=False):
+    """The paper's four metrics over a dataset of (image, label), one image at a time, at
+    its own size (FCNs take any size). Returns ConfusionMatrix.scores() plus 'loss'."""
+    from .data import VOC_MEAN_BGR, preprocess
+    was_training = next(iter(net.layers.values())).training if net.layers else False
+    net.eval()
+    cm = ConfusionMatrix(num_classes)
+    losses = []
+    items = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(items, desc="eval", leave=False)
+    for i in items:
+        img, label = dataset[i]
+        x = preprocess(img, VOC_MEAN_BGR if mean is None else mean)[None]
+        y = np.asarray(label, dtype=np.int32)[None]
+        if "label" in net.inputs:
+            losses.append(float(net.forward(data=x, label=y)))
+            scores = net.blobs["score"]
+        else:
+            scores = net.forward(data=x, until="score")
+        cm.update(y[0], np.asarray(scores)[0].argmax(axis=0))
+    net.train(was_training)
+    out = cm.scores()
+    out["loss"] = float(np.mean(losses)) if losses else float("nan")
+    out["confusion"] = cm
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _rng_states(net, extra):
+    states = {name: layer.rng.bit_generator.state for name, layer in net.layers.items()
+              if isinstance(layer, L.Dropout)}
+    states.update(extra)
+    return states
+
+
+def save_checkpoint(path, net, solver, loader=None, sample_rng=None, meta=None):
+    """Weights, solver buffers, iteration and generator states in one .npz (atomic)."""
+    info = {"iter": solver.iter, "solver": type(solver).__name__,
+            "rng": _rng_states(net, {"sample": sample_rng.bit_generator.state}
+                               if sample_rng is not None else {}),
+            "loader": loader.state_dict() if loader is not None else None,
+            "meta": meta or {}}
+    arrays = {f"param/{k}": v for k, v in net.params().items()}
+    arrays.update(solver.state_arrays())
+    arrays["info"] = np.array(json.dumps(info))        # a plain string: no pickle needed
+    save_npz(path, arrays)
+
+
+def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None):
+    """Restore what save_checkpoint wrote; returns its info dict."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError) as e:
+        raise ValueError(f"checkpoint {path} cannot be read: {e}") from None
+    if "info" not in arrays:
+        raise ValueError(f"{path} is not a minifcn checkpoint (no 'info' entry); for plain "
+                         f"weights use --weights")
+    info = json.loads(str(arrays.pop("info")))
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    own = net.params()
+    diff = sorted(set(own) ^ set(params)) + [k for k in own if k in params and
+                                             own[k].shape != params[k].shape]
+    if diff:
+        raise ValueError(f"checkpoint {path} does not fit this net: {diff[:6]}")
+    for k, v in params.items():
+        net.set_param(k, v)
+    for name, state in info["rng"].items():
+        if name in net.layers:
+            net.layers[name].rng.bit_generator.state = state
+    if sample_rng is not None and "sample" in info["rng"]:
+        sample_rng.bit_generator.state = info["rng"]["sample"]
+    if solver is not None:
+        solver.load_state_arrays({k: v for k, v in arrays.items() if k.startswith("solver/")},
+                                 info["iter"])
+    if loader is not None and info.get("loader"):
+        loader.load_state_dict(info["loader"])
+    return info
+
+
+# ----------------------------------------------------------------------------- the loop
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """Iteration-based training with periodic validation, a JSON-lines log, curves, and
+    checkpoints. out_dir gets: log.jsonl, curves.png, checkpoint.npz (latest good one)."""
+
+    def __init__(self, net, solver, loader, out_dir, val_data=None, num_classes=None,
+                 iter_size=1, loss_sample=None, sample_seed=0, val_interval=None,
+                 checkpoint_interval=None, progress=True):
+        self.net, self.solver, self.loader = net, solver, loader
+        self.out_dir, self.val_data, self.num_classes = out_dir, val_data, num_classes
+        self.iter_size, self.loss_sample = int(iter_size), loss_sample
+        if self.iter_size < 1:
+            raise ValueError(f"iter_size must be >= 1, got {iter_size}")
+        if loss_sample is not None and not 0 < loss_sample <= 1:
+            raise ValueError(f"loss_sample must be in (0, 1], got {loss_sample}")
+        self.sample_rng = np.random.default_rng(sample_seed)
+        self.val_interval, self.checkpoint_interval = val_interval, checkpoint_interval
+        self.progress = progress
+        self.checkpoint_path = os.path.join(out_dir, "checkpoint.npz")
+        self.log_path = os.path.join(out_dir, "log.jsonl")
+        self.history: list[dict] = []
+        os.makedirs(out_dir, exist_ok=True)
+
+    def resume(self, path=None):
+        info = load_checkpoint(path or self.checkpoint_path, self.net, self.solver, self.loader,
+                               self.sample_rng)
+        if os.path.exists(self.log_path):   # keep the earlier curve, up to the checkpoint
+            with open(self.log_path) as f:
+                self.history = [r for r in map(json.loads, f) if r["iter"] <= info["iter"]]
+            tmp = self.log_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.history)
+            os.replace(tmp, self.log_path)
+        return info
+
+    def _sample(self, labels):
+        """Loss sampling: each valid pixel's loss term survives with probability p."""
+        if self.loss_sample is None or self.loss_sample == 1:
+            return labels
+        drop = self.sample_rng.random(labels.shape) >= self.loss_sample
+        return np.where(drop, IGNORE, labels).astype(labels.dtype)
+
+    def step(self):
+        """One solver iteration (iter_size forward/backward passes); returns the mean loss."""
+        self.net.train()
+        losses = []
+        for k in range(self.iter_size):
+            x, labels = self.loader.next_batch()
+            losses.append(float(self.net.forward(data=x, label=self._sample(labels))))
+            self.net.backward(input_grads=False, accumulate=k > 0)
+        loss = float(np.mean(losses))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss} at iteration {self.solver.iter} (lr "
+                f"{self.solver.lr():g}); the last good checkpoint is kept at "
+                f"{self.checkpoint_path}. Lower the learning rate, or mind the loss "
+                f"normalisation: 'batch'/'none' sum over pixels and want a tiny lr (the "
+                f"reference uses 1e-10 with momentum 0.99)")
+        self.solver.step(grad_scale=1.0 / self.iter_size)
+        return loss
+
+    def validate(self):
+        scores = evaluate(self.net, self.val_data, self.num_classes)
+        return {k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss")}
+
+    def _log(self, record):
+        self.history.append(record)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoint(self):
+        save_checkpoint(self.checkpoint_path, self.net, self.solver, self.loader,
+                        self.sample_rng)
+
+    def _on_sigint(self, signum, frame):
+        if self._stop:                       # a second Ctrl-C: stop at once, save nothing
+            raise KeyboardInterrupt
+        self._stop = True
+        from tqdm import tqdm
+        tqdm.write("interrupted: finishing this iteration, then saving a checkpoint "
+                   "(Ctrl-C again to quit without saving)")
+
+    def run(self, iters, max_seconds=None, log_every=10):
+        """Train until solver.iter == iters (or max_seconds of training pass). Ctrl-C lets
+        the current iteration finish, saves a checkpoint and returns, so that --resume
+        continues exactly; a NaN loss raises TrainingDiverged and keeps the last good
+        checkpoint. Returns 'done', 'time' or 'interrupted'."""
+        from tqdm import tqdm
+        start, status, self._stop = time.perf_counter(), "done", False
+        bar = tqdm(total=iters, initial=self.solver.iter, disable=not self.progress,
+                   desc="train", dynamic_ncols=True)
+        recent, last_iu = [], None
+        try:
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:                   # not the main thread: no handler to install
+            old_handler = None
+        try:
+            while self.solver.iter < iters:
+                loss = self.step()
+                recent.append(loss)
+                it = self.solver.iter
+                if it % log_every == 0 or it == iters:
+                    self._log({"iter": it, "loss": float(np.mean(recent)),
+                               "lr": self.solver.lr(it - 1),
+                               "time": round(time.perf_counter() - start, 2)})
+                    recent = []
+                if self.val_data is not None and self.val_interval and (
+                        it % self.val_interval == 0 or it == iters):
+                    val = self.validate()
+                    last_iu = val["mean_iu"]
+                    self._log({"iter": it, **{f"val_{k}": v for k, v in val.items()}})
+                if self.checkpoint_interval and it % self.checkpoint_interval == 0:
+                    self.checkpoint()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", **({"mIU": f"{last_iu:.3f}"}
+                                                        if last_iu is not None else {}))
+                if self._stop:
+                    status = "interrupted"
+                    break
+                if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                    status = "time"
+                    break
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        self.checkpoint()
+        if self.history:
+            from .viz import save_curves
+            save_curves(self.history, os.path.join(self.out_dir, "curves.png"))
+        return status
