@@ -5,8 +5,10 @@
     minifcn.set_device("cpu")               # "numpy" (reference), "cpu" (Numba), "cuda"
 """
 from . import functional
+from .coordmap import coord_map, receptive_field, rf_table
 from .kernels import DEVICES, DeviceUnavailable, device, get_device, set_device
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "DEVICES", "DeviceUnavailable", "device", "get_device", "set_device"]
+__all__ = ["functional", "DEVICES", "DeviceUnavailable", "device", "get_device", "set_device",
+           "coord_map", "receptive_field", "rf_table"]

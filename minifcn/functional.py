@@ -151,11 +151,13 @@ def _pool_args(op, x_shape, kernel, stride, pad, ceil_mode):
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise ValueError(f"{op}: pad {pad} must be smaller than kernel {kernel}")
     H, W = x_shape[2:]
-    if H + 2 * pad[0] < kernel[0] or W + 2 * pad[1] < kernel[1]:
-        raise ValueError(f"{op}: input {tuple(x_shape)} with pad {pad} is smaller than kernel "
-                         f"{kernel}")
     out = (x_shape[0], x_shape[1], pool_out(H, kernel[0], stride[0], pad[0], ceil_mode),
            pool_out(W, kernel[1], stride[1], pad[1], ceil_mode))
+    # Caffe's ceil mode lets a window hang over the edge, even when the input is smaller than
+    # the kernel (1 px -> 1 px through a 2x2 pool); only an empty output is an error
+    if min(H, W) < 1 or min(out[2:]) < 1:
+        raise ValueError(f"{op}: input {tuple(x_shape)} with pad {pad} is too small for kernel "
+                         f"{kernel}, stride {stride} (output would be {out[2]}x{out[3]})")
     return kernel, stride, pad, bool(ceil_mode), out
 
 

@@ -38,7 +38,7 @@ class Layer:
     # -- parameters
     def _param(self, name, value, lr_mult=1.0, decay_mult=1.0):
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        self.grads[name] = np.zeros(value.shape, value.dtype)    # calloc: no pages touched
         self.lr_mult[name] = float(lr_mult)
         self.decay_mult[name] = float(decay_mult)
 
@@ -101,11 +101,11 @@ def bilinear_weight(c_in, c_out, kernel):
     return w
 
 
-def init_weight(shape, init, rng, fan_in):
+def init_weight(shape, init, rng, fan_in, dtype=np.float64):
     """'he' (Gaussian, std sqrt(2/fan_in): keeps ReLU activations' scale), 'xavier', 'zeros',
     or a float: a Gaussian with that std (Caffe's gaussian filler)."""
     if init == "zeros":
-        return np.zeros(shape)
+        return np.zeros(shape, dtype)     # lazily zeroed memory: a big zero net costs nothing
     if init == "he":
         std = np.sqrt(2.0 / fan_in)
     elif init == "xavier":
@@ -136,7 +136,8 @@ class Conv(Layer):
                              f"{groups}")
         shape = (self.out_ch, self.in_ch // self.groups) + self.kernel
         fan_in = shape[1] * shape[2] * shape[3]
-        self._param("weight", init_weight(shape, init, _rng(seed), fan_in).astype(dtype))
+        self._param("weight", init_weight(shape, init, _rng(seed), fan_in, dtype).astype(
+            dtype, copy=False))
         if bias:
             self._param("bias", np.zeros(self.out_ch, dtype=dtype), lr_mult=2.0, decay_mult=0.0)
 
@@ -172,7 +173,7 @@ class InnerProduct(Conv):
         super().__init__(c, out_features, (h, w), bias=bias, init=init, seed=seed, dtype=dtype)
         self.in_shape = (c, h, w)
         self.params["weight"] = self.params["weight"].reshape(out_features, c * h * w)
-        self.grads["weight"] = np.zeros_like(self.params["weight"])
+        self.grads["weight"] = np.zeros(self.params["weight"].shape, self.params["weight"].dtype)
         self.kernel = None            # not a sliding window: no coordinate map
 
     def _geometry(self):

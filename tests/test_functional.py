@@ -330,7 +330,7 @@ def test_float32_stays_float32(rng):
     (lambda: F.conv2d(np.zeros((1, 3, 2, 2)), np.zeros((4, 3, 3, 3))), ["too small", "(1, 3, 2, 2)"]),
     (lambda: F.conv2d(np.zeros((1, 3, 5, 5), np.int64), np.zeros((4, 3, 3, 3), np.int64)), ["int64"]),
     (lambda: F.conv2d(np.zeros((3, 5, 5)), np.zeros((4, 3, 3, 3))), ["4-D", "(3, 5, 5)"]),
-    (lambda: F.max_pool2d(np.zeros((1, 1, 2, 2)), 3), ["smaller than kernel"]),
+    (lambda: F.max_pool2d(np.zeros((1, 1, 1, 1)), 3, 2), ["too small", "(1, 1, 1, 1)"]),
     (lambda: F.crop(np.zeros((1, 1, 4, 4)), (1, 1, 3, 3), 2), ["3x3", "offset (2, 2)"]),
     (lambda: F.softmax_cross_entropy(np.zeros((1, 3, 2, 2)), np.full((1, 2, 2), 7)), ["[7]", "[0, 3)"]),
     (lambda: F.softmax_cross_entropy(np.zeros((1, 3, 2, 2)), np.zeros((1, 2, 3), int)), ["(1, 2, 3)"]),
