@@ -204,8 +204,6 @@ def cmd_rf(a):
 
 def cmd_bench(a):
     from . import bench
-    if not hasattr(bench, "main"):
-        raise UsageError("minifcn bench is not available yet")
     return bench.main(a)
 
 
@@ -273,7 +271,11 @@ def make_parser():
     f.add_argument("--list", action="store_true", help="list the model names")
     f.set_defaults(fn=cmd_rf)
 
-    b = sub.add_parser("bench", help="time kernels, layers and nets")
+    from . import bench
+    b = sub.add_parser("bench", help="time kernels, layers and nets",
+                       description="Time kernels, layers and nets side by side with references.")
+    if hasattr(bench, "add_arguments"):
+        bench.add_arguments(b)
     b.set_defaults(fn=cmd_bench)
     return p
 
