@@ -7,6 +7,13 @@ Devices:
            defaults to its CPU one) -- e.g. crop and eltwise sums are plain slicing either way.
   "cuda"   Numba CUDA kernels (kernels/cuda.py), loaded only when asked for.
 
+Besides the ops of the paper's layers, the table holds the few array chores that let a Net keep
+its arrays where its kernels run: "asarray" (an array as this device holds it: a host array on
+numpy/cpu, a device array on cuda; no copy when it already lives there), "to_host" (a NumPy
+array, copied back from the device if need be), "zeros_like", "add" (a + b, a new array),
+"accumulate" (dst += src in place), "argmax" over the class axis and "confusion_update". On the
+host devices they are the one-line NumPy expressions they replace, so a CPU net pays nothing.
+
 Layers and functional ops never test the device themselves: they call ``get(op, device)``.
 The default device is held in a context variable, so ``with minifcn.device("numpy"):`` is
 local to the current thread / task.
@@ -31,6 +38,10 @@ OPS = (
     "lrn", "lrn_backward",
     "softmax_cross_entropy",
     "sgd_update", "adam_update",
+    # where arrays live, and the little array arithmetic a Net and a solver do between ops
+    "asarray", "to_host", "zeros_like", "add", "accumulate",
+    # scoring: class maps and the confusion matrix, on the device that made the scores
+    "argmax", "confusion_update",
 )
 
 # Which module implements each device, and which device it falls back to for missing ops.

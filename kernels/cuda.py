@@ -3,9 +3,10 @@
 Same names and signatures as the reference (the dispatcher looks them up by name). Arrays are
 Numba device arrays, NCHW; host arrays are accepted too and copied over; results are always
 device arrays (the loss is a Python float: it is reduced on the device and one number comes
-back). ``to_device``, ``to_host`` and ``is_device_array`` move arrays for the rest of the engine;
-``sgd_update``, ``adam_update`` and ``confusion_update`` keep training and scoring on the
-device.
+back). ``to_device``, ``to_host`` and ``is_device_array`` move arrays for the rest of the engine
+(in the dispatch table: ``asarray`` is ``to_device``); ``zeros_like``, ``add`` and
+``accumulate`` are the Net's array chores; ``sgd_update``, ``adam_update``, ``argmax`` and
+``confusion_update`` keep training and scoring on the device.
 
 Every kernel walks its work with a grid-stride loop (``for t in range(cuda.grid(1), n,
 cuda.gridsize(1))``): the launch size is a tuning choice, never a correctness one, which is
@@ -28,7 +29,8 @@ from . import cuda_conv
 from .cuda_gemm import gemm  # noqa: F401  (public: the tiled GEMM on its own)
 from .cuda_pool import (avg_pool2d, avg_pool2d_backward, max_pool2d,  # noqa: F401
                         max_pool2d_backward)
-from .cuda_train import adam_update, confusion_update, sgd_update  # noqa: F401
+from .cuda_train import (accumulate, adam_update, argmax, confusion_update,  # noqa: F401
+                         sgd_update)
 from .cuda_util import (SIM, cuda, empty, fill, fill_channels, flat,  # noqa: F401
                         is_device_array, launch, sum_planes, to_device, to_host, typed, zeros)
 from .geometry import conv_out, deconv_out
@@ -270,6 +272,26 @@ def eltwise_sum(xs, coeffs):
     _axpby_kernel[launch(y.size)](T(coeffs[0]), flat(xs[0]), T(coeffs[1]), flat(xs[1]), yf)
     for x, c in zip(xs[2:], coeffs[2:]):
         _axpby_kernel[launch(y.size)](T(1), yf, T(c), flat(x), yf)
+    return y
+
+
+# ----------------------------------------------------------------------------- arrays
+asarray = to_device     # the dispatch table's "asarray": as this device holds arrays
+
+
+def zeros_like(a):
+    """A device array of zeros with a's shape and dtype."""
+    return zeros(a.shape, a.dtype)
+
+
+def add(a, b):
+    """a + b as a new device array (two gradients reaching one blob)."""
+    a, b = _dev(a, b)
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"add: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
+    T = a.dtype.type
+    y = empty(a.shape, a.dtype)
+    _axpby_kernel[launch(y.size)](T(1), flat(a), T(1), flat(b), flat(y))
     return y
 
 

@@ -1,5 +1,6 @@
-"""Training and scoring on CUDA: the solver steps (SGD, Adam) and the confusion histogram,
-so a CUDA net's parameters, gradients and predictions never leave the device. Part of the
+"""Training and scoring on CUDA: the solver steps (SGD, Adam), gradient accumulation, the class
+map (argmax) and the confusion histogram, so a CUDA net's parameters, gradients and
+predictions never leave the device. Part of the
 CUDA device: the dispatcher finds these through cuda.py.
 """
 from __future__ import annotations
@@ -8,7 +9,7 @@ import math
 
 import numpy as np
 
-from .cuda_util import cuda, flat, is_device_array, launch, to_device
+from .cuda_util import cuda, empty, flat, is_device_array, launch, to_device
 
 
 def _dev(*arrays):
@@ -27,6 +28,24 @@ def _in_place(op, arrays, step):
     for a, d in zip(arrays, devs):
         if d is not a:
             np.copyto(a, d.copy_to_host())
+
+
+@cuda.jit
+def _accumulate_kernel(dst, src):
+    for t in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+        dst[t] += src[t]
+
+
+def accumulate(dst, src):
+    """dst += src in place (gradients summed over iter_size passes); returns dst."""
+    (src,) = _dev(src)
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"accumulate: shapes {tuple(dst.shape)} and {tuple(src.shape)} differ")
+
+    def step(d):
+        _accumulate_kernel[launch(d.size)](d, flat(src))
+    _in_place("accumulate", (dst,), step)
+    return dst
 
 
 @cuda.jit
@@ -74,6 +93,36 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
                                      (T(beta2), T(1 - beta2)), T(eps), T(weight_decay), T(c1),
                                      T(c2))
     _in_place("adam_update", (param, m, v), step)
+
+
+@cuda.jit
+def _argmax_kernel(scores, out):
+    """One thread per pixel: the first class with the highest score (NumPy's tie rule)."""
+    N, C, H, W = scores.shape
+    HW = H * W
+    for t in range(cuda.grid(1), N * HW, cuda.gridsize(1)):
+        n = t // HW
+        h = (t % HW) // W
+        w = t % W
+        best = scores[n, 0, h, w]
+        k = 0
+        for c in range(1, C):
+            v = scores[n, c, h, w]
+            if v > best:
+                best = v
+                k = c
+        out[t] = k
+
+
+def argmax(scores):
+    """The class map (N, H, W) int64 of scores (N, C, H, W), on the device. (A NaN score is
+    never the winner here, where NumPy would pick the first NaN.)"""
+    (scores,) = _dev(scores)
+    N, C, H, W = scores.shape
+    out = empty((N, H, W), np.int64)
+    if out.size:
+        _argmax_kernel[launch(out.size)](scores, flat(out))
+    return out
 
 
 @cuda.jit

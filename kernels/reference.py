@@ -288,3 +288,49 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
     m_hat = m / (1 - beta1 ** t)
     v_hat = v / (1 - beta2 ** t)
     param -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+# ----------------------------------------------------------------------------- arrays
+# What a Net and a solver do between ops. On the host each is the NumPy expression it names;
+# a device's version (cuda.py) does the same where that device keeps its arrays.
+def asarray(a):
+    """`a` as this device holds arrays: a NumPy array. NumPy arrays pass through (no copy); an
+    array on a GPU (anything with copy_to_host, e.g. a Numba device array) is copied back."""
+    copy_to_host = getattr(a, "copy_to_host", None)
+    return copy_to_host() if copy_to_host is not None else np.asarray(a)
+
+
+to_host = asarray       # on the host, "as this device holds it" is "as NumPy holds it"
+
+
+def zeros_like(a):
+    return np.zeros_like(a)
+
+
+def add(a, b):
+    """a + b, a new array (two gradients reaching one blob)."""
+    return a + b
+
+
+def accumulate(dst, src):
+    """dst += src in place (gradients summed over iter_size passes); returns dst."""
+    dst += src
+    return dst
+
+
+# ----------------------------------------------------------------------------- scoring
+def argmax(scores):
+    """The class map (N, H, W) of scores (N, C, H, W): the first highest class wins ties."""
+    return scores.argmax(axis=1)
+
+
+def confusion_update(hist, gt, pred, num_classes):
+    """hist (n, n) int64 += the confusion counts of gt vs pred (score.py's fast_hist): pixels
+    whose gt lies outside [0, n) (255: void) are skipped, and so (as on the GPU) are the
+    predictions outside it, which argmax never makes. Returns hist."""
+    n = int(num_classes)
+    gt, pred = np.asarray(gt).ravel(), np.asarray(pred).ravel()
+    keep = (gt >= 0) & (gt < n) & (pred >= 0) & (pred < n)
+    flat = n * gt[keep].astype(np.int64) + pred[keep].astype(np.int64)   # int64: no wrap
+    hist += np.bincount(flat, minlength=n * n).reshape(n, n)
+    return hist

@@ -3,6 +3,11 @@
     numeric_grad(f, x)       df/dx element by element: (f(x + h e_i) - f(x - h e_i)) / 2h
     check_net(net, inputs)   compares a Net's backward with numeric gradients of its loss
 
+For a net on a GPU (net.to("cuda")) the analytic gradients come from the GPU's backward and
+the finite differences from a host copy of the same net (the "cpu" device by default): they
+perturb parameters in place, one entry at a time, which a device array does not allow cheaply,
+and they take thousands of forward passes.
+
 Centred differences have O(h^2) error, so h = 1e-6 in float64 leaves ~1e-9 relative error
 on smooth functions; the inputs must stay away from kinks (ReLU at 0, pooling ties), where
 the two one-sided slopes differ and no check can agree.
@@ -10,6 +15,8 @@ the two one-sided slopes differ and no check can agree.
 from __future__ import annotations
 
 import numpy as np
+
+from .kernels import get
 
 
 def numeric_grad(f, x, h=1e-6, indices=None):
@@ -43,33 +50,51 @@ def _loss_of(net, inputs, projections):
                for k in outs)
 
 
-def check_net(net, inputs, n_probe=20, seed=0, h=1e-6):
+def check_net(net, inputs, n_probe=20, seed=0, h=1e-6, numeric_device=None):
     """Compare net.backward() with numeric gradients for every parameter and float input.
 
     Probes up to n_probe random entries of each array. For outputs that are not losses a
     fixed random projection turns them into a scalar. Dropout must be off (net.eval()) or the
-    function is random. Returns {name: relative error}."""
+    function is random. The numeric gradients are taken on numeric_device (default: the net's
+    own device when its parameters are NumPy arrays, else "cpu"); the net is moved there for
+    them and back afterwards. Returns {name: relative error}."""
     rng = np.random.default_rng(seed)
     out = net.forward(**inputs)
     outs = out if isinstance(out, dict) else {net.outputs[0]: out}
-    projections = {k: rng.standard_normal(np.shape(v)) for k, v in outs.items()
+    projections = {k: rng.standard_normal(tuple(v.shape)) for k, v in outs.items()
                    if np.ndim(v) > 0}
     net.forward(**inputs)
     dinputs = net.backward(grads=dict(projections))
     if not isinstance(dinputs, dict):
         dinputs = {net.inputs[0]: dinputs}
-    targets = dict(net.params())
-    analytic = dict(net.grads())
+    analytic = dict(net.grads(host=True))
+    to_host = get("to_host", net.device)
     for k, v in inputs.items():
         if np.issubdtype(np.asarray(v).dtype, np.floating) and dinputs.get(k) is not None:
-            targets[k], analytic[k] = v, dinputs[k]
-    errors = {}
-    for name, arr in targets.items():
-        if name in dict(net.params()):
-            layer, _, p = name.rpartition(".")
-            if not net.layers[layer].trainable(p):
-                continue
-        idx = rng.choice(arr.size, size=min(n_probe, arr.size), replace=False)
-        num = numeric_grad(lambda: _loss_of(net, inputs, projections), arr, h, idx)
-        errors[name] = rel_error(analytic[name].reshape(-1)[idx], num.reshape(-1)[idx])
+            analytic[k] = to_host(dinputs[k])
+
+    device = net.device
+    on_host = all(isinstance(v, np.ndarray) for v in net.params().values())
+    if numeric_device is None:
+        numeric_device = device if on_host else "cpu"
+    move = numeric_device != device or not on_host
+    if move:
+        net.to(numeric_device)
+    try:
+        targets = dict(net.params())              # host arrays now: perturbed in place
+        for k in inputs:
+            if k in analytic:
+                targets[k] = inputs[k]
+        errors = {}
+        for name, arr in targets.items():
+            if name in net.params():
+                layer, _, p = name.rpartition(".")
+                if not net.layers[layer].trainable(p):
+                    continue
+            idx = rng.choice(arr.size, size=min(n_probe, arr.size), replace=False)
+            num = numeric_grad(lambda: _loss_of(net, inputs, projections), arr, h, idx)
+            errors[name] = rel_error(analytic[name].reshape(-1)[idx], num.reshape(-1)[idx])
+    finally:
+        if move:
+            net.to(device)
     return errors

@@ -9,6 +9,10 @@ backward passes, the reference's iter_size). lr_mult / decay_mult scale the solv
 rate and weight decay per parameter (Caffe's convention: biases 2x lr and no decay); an
 lr_mult of 0 freezes a parameter, and its gradient is then never computed.
 
+A layer's parameters and gradients live where its device keeps arrays: ``layer.to("cuda")``
+(or ``net.to("cuda")``) copies them to the GPU, ``to("cpu")`` back; the copies and the one
+in-place sum below go through the dispatch table, like every op.
+
 Geometric layers keep their kernel / stride / pad / dilation as (h, w) pairs: coordinate maps
 and receptive fields are derived from them (minifcn.coordmap), never typed in.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
+from .kernels import get
 from .kernels.geometry import pair
 
 
@@ -52,11 +57,21 @@ class Layer:
             self.lr_mult[name] = 0.0
         return self
 
+    def to(self, device):
+        """Run on `device` (None: the current default), its parameters and gradients copied to
+        where that device keeps arrays (no copy when they are there already)."""
+        self.device = device
+        move = get("asarray", device)
+        for name in self.params:
+            self.params[name] = move(self.params[name])
+            self.grads[name] = move(self.grads[name])
+        return self
+
     def _store_grad(self, name, g, accumulate):
         if g is None:
             return
         if accumulate:
-            self.grads[name] += g
+            self.grads[name] = get("accumulate", self.device)(self.grads[name], g)
         else:
             self.grads[name] = g
 

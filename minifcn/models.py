@@ -449,6 +449,13 @@ def fcn8s_tiny(num_classes=21, loss=True, **kwargs):
     return fcn8s(num_classes, loss, "tiny", **kwargs)
 
 
+def fcn8s_micro(num_classes=21, loss=True, **kwargs):
+    """FCN-8s on the "micro" backbone (widths 4-8-8-16-16, one conv per block: about 10 k
+    parameters): every layer of FCN-8s at a size that trains in seconds, for tests and for
+    running the CUDA kernels in Numba's simulator. Keyword arguments as fcn8s."""
+    return fcn8s(num_classes, loss, "micro", **kwargs)
+
+
 def fcn_alexnet(num_classes=21, loss=True, *, init="he", score_init="zeros", normalize="valid",
                 dtype=np.float32, seed=0, first_pad=100, upsampling="final", materialize=True):
     """FCN-AlexNet (voc-fcn-alexnet): conv1 11x11 stride 4 pad 100, fc6 6x6, upscore 63x63
@@ -473,6 +480,7 @@ MODELS = {
     "fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s, "fcn8s_atonce": fcn8s_atonce,
     "fcn_alexnet": fcn_alexnet,
     "fcn32s_tiny": fcn32s_tiny, "fcn16s_tiny": fcn16s_tiny, "fcn8s_tiny": fcn8s_tiny,
+    "fcn8s_micro": fcn8s_micro,
 }
 
 

@@ -11,6 +11,13 @@ Layers run in the order they were added, which is a topological order by constru
 bottom must exist (a net input or an earlier top) when its consumer is added. A blob read by
 several layers receives the sum of their gradients. Layers whose top reuses their bottom's
 name (ReLU, Dropout, Scale) replace the blob in place, as Caffe's in-place layers do.
+
+Devices: ``net.to("cuda")`` copies every parameter and gradient to the GPU (``to("cpu")``
+brings them back). Then forward copies its host inputs over once, every blob stays on the
+device, backward makes its gradients there, and a solver updates the parameters there; what
+comes back to the host is what the user asks for: the loss (a float), ``net.params(host=True)``,
+``kernels.get("to_host", "cuda")(blob)``. The copies go through the dispatch table (ops
+"asarray", "to_host"), so on the host devices they are no-ops.
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ import time
 from collections import OrderedDict
 
 import numpy as np
+
+from .kernels import check_device, get
 
 
 class Net:
@@ -35,6 +44,7 @@ class Net:
         self.timings: dict[str, list[float]] = {}    # layer -> [forward s, backward s] of last pass
         self._consumers: dict[str, list[str]] = {b: [] for b in self.inputs}
         self.outputs: list[str] = []     # blobs no layer reads: what forward returns
+        self.device = None               # set by to(); None: the current default device
 
     # ------------------------------------------------------------------ building
     def add(self, name, layer, bottoms, tops=None):
@@ -58,6 +68,8 @@ class Net:
             if t in bottoms and self._consumers[t]:
                 raise ValueError(f"{self.name}: layer {name!r} would change blob {t!r} in place "
                                  f"after {self._consumers[t]} read it; give it a new top")
+        if self.device is not None:
+            layer.to(self.device)            # a layer joining a net moved to a device follows
         self.layers[name] = layer
         self.bottoms[name], self.tops[name] = bottoms, tops
         self.bottom_sources[name] = [self.producer[b] for b in bottoms]
@@ -97,7 +109,8 @@ class Net:
         if missing or unknown:
             raise ValueError(f"{self.name}: forward needs inputs {self.inputs}; missing "
                              f"{missing}, unknown {unknown}")
-        blobs = self.blobs = dict(inputs)
+        to_net = get("asarray", self.device)      # host inputs go to the device, once
+        blobs = self.blobs = {k: to_net(v) for k, v in inputs.items()}
         for name in names:
             layer = self.layers[name]
             t0 = time.perf_counter()
@@ -105,7 +118,7 @@ class Net:
             try:
                 tops = layer.forward(*bottoms)
             except ValueError as e:
-                shapes = ", ".join(f"{b} {tuple(np.shape(blobs[b]))}" for b in self.bottoms[name])
+                shapes = ", ".join(f"{b} {_shape(blobs[b])}" for b in self.bottoms[name])
                 raise ValueError(f"{self.name}: layer {name!r} ({type(layer).__name__}) on "
                                  f"bottoms [{shapes}]: {e}") from None
             for t, value in zip(self.tops[name], tops):
@@ -142,7 +155,7 @@ class Net:
         for blob, d in (grads or {}).items():
             if blob not in self.producer:
                 raise ValueError(f"{self.name}: backward got a gradient for unknown blob {blob!r}")
-            diffs[blob] = d
+            diffs[blob] = d if np.ndim(d) == 0 else get("asarray", self.device)(d)
         if not diffs:
             raise ValueError(f"{self.name}: nothing to backpropagate: the net has no loss layer, "
                              f"so pass grads={{blob: dout}} for its outputs {self.outputs}")
@@ -152,7 +165,7 @@ class Net:
             dtops = [diffs.pop(t, None) for t in self.tops[name]]
             if all(d is None for d in dtops):
                 continue                          # nothing flows back through this layer
-            dtops = [np.zeros_like(self.blobs[t]) if d is None else d
+            dtops = [get("zeros_like", layer.device)(self.blobs[t]) if d is None else d
                      for t, d in zip(self.tops[name], dtops)]
             wanted = [need[b] for b in self.bottoms[name]]
             if not any(wanted) and not any(layer.trainable(p) for p in layer.params):
@@ -162,7 +175,7 @@ class Net:
             for b, d, w in zip(self.bottoms[name], dbottoms, wanted):
                 if d is None or not w:
                     continue
-                diffs[b] = d if b not in diffs else diffs[b] + d
+                diffs[b] = d if b not in diffs else get("add", layer.device)(diffs[b], d)
             self.timings.setdefault(name, [0.0, 0.0])[1] = time.perf_counter() - t0
         dinputs = {b: diffs.get(b) for b in self.inputs if input_grads and b in diffs}
         if len(dinputs) == 1:
@@ -178,14 +191,16 @@ class Net:
     def eval(self):
         return self.train(False)
 
-    def params(self):
-        """OrderedDict "<layer>.<param>" -> array, in layer order."""
-        return OrderedDict((f"{n}.{p}", v) for n, layer in self.layers.items()
-                           for p, v in layer.params.items())
+    def params(self, host=False):
+        """OrderedDict "<layer>.<param>" -> array, in layer order: the arrays the layers hold
+        (device arrays on cuda), or with host=True NumPy arrays (copies from a device)."""
+        return OrderedDict((f"{n}.{p}", get("to_host", layer.device)(v) if host else v)
+                           for n, layer in self.layers.items() for p, v in layer.params.items())
 
-    def grads(self):
-        return OrderedDict((f"{n}.{p}", layer.grads[p]) for n, layer in self.layers.items()
-                           for p in layer.params)
+    def grads(self, host=False):
+        """As params(), for the gradients."""
+        return OrderedDict((f"{n}.{p}", get("to_host", layer.device)(g) if host else g)
+                           for n, layer in self.layers.items() for p, g in layer.grads.items())
 
     def param_specs(self):
         """OrderedDict "<layer>.<param>" -> (lr_mult, decay_mult)."""
@@ -197,15 +212,16 @@ class Net:
         layer_name, _, p = key.rpartition(".")
         layer = self.layers[layer_name]
         old = layer.params[p]
-        if tuple(np.shape(value)) != tuple(old.shape):
+        value = get("to_host", layer.device)(value)
+        if tuple(value.shape) != tuple(old.shape):
             raise ValueError(f"{self.name}: {key} has shape {tuple(old.shape)}, got "
-                             f"{tuple(np.shape(value))}")
-        layer.params[p] = np.asarray(value, dtype=old.dtype).copy()
+                             f"{tuple(value.shape)}")
+        layer.params[p] = get("asarray", layer.device)(np.array(value, dtype=old.dtype))
 
     def zero_grads(self):
         for layer in self.layers.values():
             for p in layer.grads:
-                layer.grads[p] = np.zeros_like(layer.params[p])
+                layer.grads[p] = get("zeros_like", layer.device)(layer.params[p])
 
     def num_params(self, trainable_only=False):
         return int(sum(v.size for n, layer in self.layers.items()
@@ -216,23 +232,26 @@ class Net:
         """Cast every parameter (float64 for gradient checks)."""
         for layer in self.layers.values():
             for p in layer.params:
-                layer.params[p] = layer.params[p].astype(dtype)
-                layer.grads[p] = np.zeros_like(layer.params[p])
+                host = get("to_host", layer.device)(layer.params[p]).astype(dtype)
+                layer.params[p] = get("asarray", layer.device)(host)
+                layer.grads[p] = get("zeros_like", layer.device)(layer.params[p])
         return self
 
     def to(self, device):
-        """Run every layer on `device` ("numpy", "cpu", "cuda"; None: the current default)."""
-        from .kernels import check_device
+        """Run every layer on `device` ("numpy", "cpu", "cuda"; None: the current default),
+        with the parameters and gradients copied to where it keeps arrays (kernels op
+        "asarray": a GPU for cuda, the host otherwise; nothing is copied that is there)."""
         if device is not None:
             check_device(device)
+        self.device = device
         for layer in self.layers.values():
-            layer.device = device
+            layer.to(device)
         return self
 
     # ------------------------------------------------------------------ files
     def save(self, path):
         """Write the parameters to an .npz (atomically: a temp file, then a rename)."""
-        save_npz(path, self.params())
+        save_npz(path, self.params(host=True))
 
     def load(self, path, strict=True):
         """Read parameters saved by save(). Names and shapes must match (strict) or the
@@ -260,6 +279,10 @@ class Net:
             lines.append(f"{name:16s} {layer!r:40s} {','.join(self.bottoms[name])} -> "
                          f"{','.join(self.tops[name])}  {ps}")
         return "\n".join(lines)
+
+
+def _shape(v):
+    return tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
 
 
 def save_npz(path, arrays):

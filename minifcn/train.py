@@ -12,6 +12,11 @@ Caffe's conventions, which the reference FCNs were trained with:
 Loss sampling (paper 3.4) keeps each pixel's loss term with probability p by marking the
 others void, so the gradient is that of a random subset of the spatial loss terms.
 
+On the cuda device (net.to("cuda")) the solver's buffers live on the GPU beside the
+parameters and every update runs there; evaluation takes the argmax and counts the confusion
+matrix there too, so only the loss and an n x n matrix come back. A checkpoint copies to the
+host to be written and back to the net's device when read.
+
 A checkpoint (.npz, written atomically, no pickle) holds the weights, the solver's buffers,
 the iteration and every random generator's state (data order, crops, dropout, sampling), so
 a resumed run ends with the same weights as an uninterrupted one.
@@ -60,10 +65,14 @@ class Solver:
             return self.base_lr * max(0.0, 1 - it / self.max_iter) ** self.power
         return self.base_lr
 
+    def _device(self, key):
+        """The device of parameter "<layer>.<param>": where its buffers live and update."""
+        return self.net.layers[key.rpartition(".")[0]].device
+
     def _buffer(self, kind, key, like):
         store = self.buffers.setdefault(kind, {})
         if key not in store:
-            store[key] = np.zeros_like(like)
+            store[key] = get("zeros_like", self._device(key))(like)
         return store[key]
 
     def step(self, grad_scale=1.0):
@@ -73,14 +82,17 @@ class Solver:
             for p, value in layer.params.items():
                 if layer.lr_mult[p] == 0:
                     continue
-                g = layer.grads[p] if grad_scale == 1 else layer.grads[p] * grad_scale
+                g = layer.grads[p]
+                if grad_scale != 1:
+                    g = get("scale", layer.device)(g, grad_scale)
                 self._update(f"{name}.{p}", value, g, lr * layer.lr_mult[p],
                              self.weight_decay * layer.decay_mult[p])
         self.iter += 1
 
     def state_arrays(self):
-        return {f"solver/{kind}/{key}": v for kind, d in self.buffers.items()
-                for key, v in d.items()}
+        """The buffers as NumPy arrays (copied from the device), named for a checkpoint."""
+        return {f"solver/{kind}/{key}": get("to_host", self._device(key))(v)
+                for kind, d in self.buffers.items() for key, v in d.items()}
 
     def load_state_arrays(self, arrays, iteration):
         self.iter = int(iteration)
@@ -90,7 +102,8 @@ class Solver:
             if key not in params or params[key].shape != v.shape:
                 raise ValueError(f"checkpoint solver buffer {key!r} {v.shape} does not fit the "
                                  f"net")
-            self.buffers.setdefault(kind, {})[key] = v.astype(params[key].dtype)
+            self.buffers.setdefault(kind, {})[key] = get("asarray", self._device(key))(
+                v.astype(params[key].dtype))
 
 
 class SGD(Solver):
@@ -102,8 +115,7 @@ class SGD(Solver):
 
     def _update(self, key, param, grad, lr, wd):
         buf = self._buffer("momentum", key, param)
-        get("sgd_update", self.net.layers[key.rpartition(".")[0]].device)(
-            param, grad, buf, lr, self.momentum, wd)
+        get("sgd_update", self._device(key))(param, grad, buf, lr, self.momentum, wd)
 
 
 class Adam(Solver):
@@ -117,8 +129,8 @@ class Adam(Solver):
     def _update(self, key, param, grad, lr, wd):
         m = self._buffer("m", key, param)
         v = self._buffer("v", key, param)
-        get("adam_update", self.net.layers[key.rpartition(".")[0]].device)(
-            param, grad, m, v, lr, self.beta1, self.beta2, self.eps, wd, self.iter + 1)
+        get("adam_update", self._device(key))(param, grad, m, v, lr, self.beta1, self.beta2,
+                                              self.eps, wd, self.iter + 1)
 
 
 def make_solver(net, optimizer="sgd", **kw):
@@ -135,16 +147,21 @@ def predict(net, x):
     """Class map (N, H, W) for preprocessed images x (N, 3, H, W): argmax of 'score'."""
     net.eval()
     scores = net.forward(data=x, until="score")
-    return np.asarray(scores).argmax(axis=1)
+    return get("to_host", net.device)(get("argmax", net.device)(scores))
 
 
 def evaluate(net, dataset, num_classes, mean=None, progress=False):
     """The paper's four metrics over a dataset of (image, label), one image at a time, at
-    its own size (FCNs take any size). Returns ConfusionMatrix.scores() plus 'loss'."""
+    its own size (FCNs take any size). Returns ConfusionMatrix.scores() plus 'loss' and
+    'confusion' (the ConfusionMatrix). The argmax and the counts run on the net's device (on
+    cuda the matrix stays there until the end: only the loss and n x n counts come back)."""
     from .data import VOC_MEAN_BGR, preprocess
     was_training = next(iter(net.layers.values())).training if net.layers else False
     net.eval()
     cm = ConfusionMatrix(num_classes)
+    dev = net.device
+    hist = get("asarray", dev)(cm.hist)   # on the host devices: cm.hist itself
+    argmax, count = get("argmax", dev), get("confusion_update", dev)
     losses = []
     items = range(len(dataset))
     if progress:
@@ -156,10 +173,15 @@ def evaluate(net, dataset, num_classes, mean=None, progress=False):
         y = np.asarray(label, dtype=np.int32)[None]
         if "label" in net.inputs:
             losses.append(float(net.forward(data=x, label=y)))
-            scores = net.blobs["score"]
+            scores, gt = net.blobs["score"], net.blobs["label"]    # the label: on the device
         else:
-            scores = net.forward(data=x, until="score")
-        cm.update(y[0], np.asarray(scores)[0].argmax(axis=0))
+            scores, gt = net.forward(data=x, until="score"), y
+        pred = argmax(scores)
+        if tuple(pred.shape) != y.shape:
+            raise ValueError(f"evaluate: image {i}: scores {tuple(scores.shape)} do not match "
+                             f"its label {y.shape[1:]}")
+        count(hist, gt, pred, num_classes)
+    cm.hist[...] = get("to_host", dev)(hist)
     net.train(was_training)
     out = cm.scores()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
@@ -182,7 +204,7 @@ def save_checkpoint(path, net, solver, loader=None, sample_rng=None, meta=None):
                                if sample_rng is not None else {}),
             "loader": loader.state_dict() if loader is not None else None,
             "meta": meta or {}}
-    arrays = {f"param/{k}": v for k, v in net.params().items()}
+    arrays = {f"param/{k}": v for k, v in net.params(host=True).items()}
     arrays.update(solver.state_arrays())
     arrays["info"] = np.array(json.dumps(info))        # a plain string: no pickle needed
     save_npz(path, arrays)
