@@ -1,38 +1,109 @@
 """Numba CPU kernels: the loops of the engine, parallel over independent planes with prange.
 
 Convolution is im2col + GEMM: im2col lays every receptive field out as a column, so the whole
-layer becomes one matrix product that numpy hands to BLAS. The column matrix of a big image is
-huge (conv1_2 of VGG16 at 500x500 with pad 100 would need 1.1 GB), so it is built a tile of
-output rows at a time, never more than COL_BUDGET bytes. Small images go the other way: several
-whole images share one tile, so a tiny net on a batch does one GEMM per layer, not one per image.
+layer becomes one matrix product that numpy hands to BLAS. The column matrix is built a tile of
+output rows at a time (COL_BUDGET bytes, so that it is still in the cache when the GEMM reads
+it); small images go the other way: several whole images share one tile, so a tiny net on a
+batch does one GEMM per layer, not one per image.
 
-Transposed convolution reuses the same two loops backwards: its forward is col2im(W^T x), its
+Three faster routes where they apply, each measured (figures in the comments beside them):
+  * 3x3 stride-1 convolutions with enough channels use Winograd's F(2x2, 3x3): 2.25x fewer
+    multiply-adds, for the forward pass, dx and dw alike;
+  * with stride 1, dx is itself a convolution of dout (no thin GEMM and scatter-add col2im);
+  * a transposed convolution whose weight is diagonal across channels (FCN's frozen bilinear
+    upsampling) runs depthwise, C_out times less work than the dense product with its zeros.
+Scratch matrices are reused between calls rather than allocated (a page fault per 4 KB).
+
+Transposed convolution reuses the im2col loops backwards: its forward is col2im(W^T x), its
 backward im2col. Everything not defined here (crop, eltwise sums) falls back to reference.py.
 """
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 # Numba's OpenMP threads spin after each parallel loop, and so do OpenBLAS's after each GEMM;
 # with 2 cores the two pools then fight for them and every kernel waits for a time slice.
 # Measured on the 2-core dev machine, a tiny FCN-8s training step (batch 8, 64x64): 444 ms
 # with spinning, 125 ms with passive waiting. Only set if the user has not chosen; read by
 # libgomp when Numba first starts its threads.
+_USER_WAIT_POLICY = "OMP_WAIT_POLICY" in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _openmp_already_loaded():
+    """Was an OpenMP runtime loaded before us (PyTorch imported first brings its libgomp)?"""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libgomp" in line or "libiomp" in line for line in f)
+    except OSError:
+        return "torch" in sys.modules
+
+
+# ... but an OpenMP runtime loaded before this module (import torch; import minifcn) has read
+# the environment already, and Numba's OpenMP layer ends up on its spinning threads: VGG16's 13
+# convolutions, forward+backward, took 2.5 s instead of 0.5 s that way. Numba's workqueue layer
+# has its own sleeping threads (0.52 s), so it is taken then, unless the user chose a layer.
+if (not _USER_WAIT_POLICY and "NUMBA_THREADING_LAYER" not in os.environ
+        and _openmp_already_loaded()):
+    import numba  # noqa: E402
+    numba.config.THREADING_LAYER = "workqueue"
 
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from .geometry import conv_out, deconv_out, pool_out
 
-COL_BUDGET = 32 << 20   # bytes of im2col buffer per tile
+# Tiles of the im2col matrix: COL_BUDGET bytes keeps a tile in the L2/L3 cache between the
+# im2col that writes it and the GEMM that reads it (measured on VGG16's conv1_2 at 224, 2
+# cores: 4 MB tiles give the GEMM 150-190 GFLOP/s, the whole 115 MB matrix 130-150 plus the
+# page faults of allocating it). A wide layer (fc6: K = 25088) would get a GEMM only a few
+# columns wide, re-reading its 400 MB weight per tile, so a tile may grow to MIN_COLS columns
+# as long as it stays under 16 x COL_BUDGET.
+COL_BUDGET = 4 << 20
+MIN_COLS = 1024
 
 
-# ----------------------------------------------------------------------------- im2col / col2im
+def _tiles(N, Ho, Wo, K, itemsize):
+    """(n0, n1, r0, r1) tiles whose column matrix (K x (n1-n0)(r1-r0)Wo) fits the budget:
+    a band of output rows of one image, or several whole images (small images: a tiny net's
+    batch makes one GEMM per layer, not one per image)."""
+    row_bytes = max(1, K * itemsize)
+    cols = max(COL_BUDGET // row_bytes, min(MIN_COLS, 16 * COL_BUDGET // row_bytes), 1)
+    rows = max(1, cols // max(1, Wo))
+    if rows >= Ho:                       # whole images, several per tile
+        per = max(1, rows // Ho)
+        for n0 in range(0, N, per):
+            yield n0, min(N, n0 + per), 0, Ho
+    else:                                # one image, a band of rows at a time
+        for n in range(N):
+            for r0 in range(0, Ho, rows):
+                yield n, n + 1, r0, min(Ho, r0 + rows)
+
+
+# Scratch matrices (im2col tiles, GEMM results) are kept between calls and reused: allocating
+# a fresh 4-100 MB array per call costs a page fault per 4 KB page, which on VGG16's first
+# layers took as long as the copy itself. One set per thread; nothing returned ever points
+# into them.
+_scratch = threading.local()
+
+
+def _scratch_matrix(slot, rows, cols, dtype):
+    bufs = _scratch.__dict__.setdefault("bufs", {})
+    key = (slot, np.dtype(dtype).str)
+    buf = bufs.get(key)
+    if buf is None or buf.size < rows * cols:
+        buf = bufs[key] = np.empty(rows * cols, dtype=dtype)
+    return buf[:rows * cols].reshape(rows, cols)
+
+
 @njit(parallel=True, cache=True)
 def _im2col(x, n0, n1, c0, C, kh, kw, sh, sw, ph, pw, dh, dw, r0, r1, Wo, col):
     """col[(c*kh + i)*kw + j, ((n - n0)*R + oh - r0)*Wo + ow] = xpad[n, c0 + c, oh*sh + i*dh,
-    ow*sw + j*dw] for images n0..n1 and output rows r0..r1 (R = r1 - r0); zero in the padding."""
+    ow*sw + j*dw] for images n0..n1 and output rows r0..r1 (R = r1 - r0); zero in the padding.
+    With stride 1 each row of a column is a contiguous run of an input row: copied as one
+    slice (vectorised) rather than element by element."""
     H, W = x.shape[2], x.shape[3]
     K = C * kh * kw
     R = r1 - r0
@@ -47,15 +118,15 @@ def _im2col(x, n0, n1, c0, C, kh, kw, sh, sw, ph, pw, dh, dw, r0, r1, Wo, col):
             ih = oh * sh - ph + i * dh
             base = (nn * R + oh - r0) * Wo
             if ih < 0 or ih >= H:
-                for ow in range(Wo):
-                    col[k, base + ow] = 0
+                col[k, base:base + Wo] = 0
                 continue
-            for ow in range(lo):
-                col[k, base + ow] = 0
-            for ow in range(lo, hi):
-                col[k, base + ow] = x[n0 + nn, c0 + c, ih, ow * sw + off]
-            for ow in range(hi, Wo):
-                col[k, base + ow] = 0
+            col[k, base:base + lo] = 0
+            if sw == 1:
+                col[k, base + lo:base + hi] = x[n0 + nn, c0 + c, ih, lo + off:hi + off]
+            else:
+                for ow in range(lo, hi):
+                    col[k, base + ow] = x[n0 + nn, c0 + c, ih, ow * sw + off]
+            col[k, base + hi:base + Wo] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -81,43 +152,312 @@ def _col2im(col, n0, n1, c0, C, kh, kw, sh, sw, ph, pw, dh, dw, r0, r1, Wo, dx):
                         dx[n0 + nn, c0 + c, ih, ow * sw + off] += col[k, base + ow]
 
 
-def _tiles(N, Ho, Wo, K, itemsize):
-    """(n0, n1, r0, r1) tiles whose column matrix (K x (n1-n0)(r1-r0)Wo) fits COL_BUDGET."""
-    rows = max(1, COL_BUDGET // max(1, K * Wo * itemsize))
-    if rows >= Ho:                       # whole images, several per tile
-        per = max(1, rows // Ho)
-        for n0 in range(0, N, per):
-            yield n0, min(N, n0 + per), 0, Ho
-    else:                                # one image, a band of rows at a time
+@njit(parallel=True, cache=True)
+def _channel_sums(a, out):
+    """out[c] = sum of a[:, c] (the bias gradient), accumulated in float64."""
+    N, C, H, W = a.shape
+    for c in prange(C):
+        s = 0.0
         for n in range(N):
-            for r0 in range(0, Ho, rows):
-                yield n, n + 1, r0, min(Ho, r0 + rows)
+            for h in range(H):
+                for w in range(W):
+                    s += a[n, c, h, w]
+        out[c] = s
+
+
+def _bias_grad(dout):
+    out = np.empty(dout.shape[1], dtype=np.float64)
+    _channel_sums(dout, out)
+    return out.astype(dout.dtype)
+
+
+def _rows_view(a, n, c0, C, r0, r1):
+    """Channels c0..c0+C, rows r0..r1 of image n of a C-contiguous array, as a (C, cols)
+    matrix view (row stride H*W): BLAS reads and writes it in place, no copy."""
+    H, W = a.shape[2], a.shape[3]
+    return a[n, c0:c0 + C].reshape(C, H * W)[:, r0 * W:r1 * W]
 
 
 def _as_cols(a, n0, n1, c0, C, r0, r1):
     """Channels c0..c0+C of images n0..n1, rows r0..r1, as a (C, cols) matrix: a view when it
-    is one image (BLAS reads it with a row stride), a transposed copy when several."""
+    is one image, a transposed copy when several."""
     if n1 - n0 == 1:
-        plane = a.shape[2] * a.shape[3]
-        Wd = a.shape[3]
-        return a[n0, c0:c0 + C].reshape(C, plane)[:, r0 * Wd:r1 * Wd]
+        return _rows_view(a, n0, c0, C, r0, r1)
     return np.ascontiguousarray(a[n0:n1, c0:c0 + C].transpose(1, 0, 2, 3)).reshape(C, -1)
 
 
-def _store_cols(res, out, n0, n1, c0, C, r0, r1):
-    """Inverse of _as_cols: write a (C, cols) matrix back into out[n0:n1, c0:c0+C, r0:r1]."""
+def _gemm_into(a, b, out, n0, n1, c0, C, r0, r1, bias=None):
+    """out[n0:n1, c0:c0+C, r0:r1] = a @ b (+ bias): straight into `out` when the tile is one
+    image; via a scratch matrix and a transposed copy when it holds several."""
     if n1 - n0 == 1:
-        plane = out.shape[2] * out.shape[3]
-        Wd = out.shape[3]
-        out[n0, c0:c0 + C].reshape(C, plane)[:, r0 * Wd:r1 * Wd] = res
-    else:
-        out[n0:n1, c0:c0 + C] = res.reshape(C, n1 - n0, out.shape[2], out.shape[3]).transpose(
-            1, 0, 2, 3)
+        dst = _rows_view(out, n0, c0, C, r0, r1)
+        np.matmul(a, b, out=dst)
+        if bias is not None:
+            dst += bias[:, None]
+        return
+    res = np.matmul(a, b, out=_scratch_matrix("gemm", a.shape[0], b.shape[1], out.dtype))
+    if bias is not None:
+        res += bias[:, None]
+    out[n0:n1, c0:c0 + C] = res.reshape(C, n1 - n0, out.shape[2], out.shape[3]).transpose(
+        1, 0, 2, 3)
 
 
 def _is_pointwise(kh, kw, stride, pad):
     """A 1x1 conv with stride 1 and no pad needs no im2col: the input already is the matrix."""
     return kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
+
+
+# ----------------------------------------------------------------------------- Winograd
+# A 3x3 convolution of stride 1 computed as F(2x2, 3x3) (Lavin & Gray 2016): each 2x2 block of
+# outputs is A^T [(G g G^T) * (B^T d B)] A for the 4x4 input patch d under it, so the 36
+# multiply-adds per block and channel pair become 16, done as 16 GEMMs (one per position xi of
+# the 4x4 transformed tile): M[xi] (F x T) = U[xi] (F x C) @ V[xi] (C x T), T = 2x2 blocks.
+# 2.25x fewer flops than im2col + GEMM, and V holds 4 copies of the input where im2col holds 9.
+# The same transforms give dx (a convolution of dout with the turned weight) and dw (the
+# chain rule through the linear maps: dU[xi] = sum over blocks of (A dY A^T)[xi] V[xi]^T,
+# dw = G^T dU G).
+#   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+#   A^T = [1 1 1 0; 0 1 -1 -1]
+# Each transform runs in two passes over a row of blocks: one down the columns (whole rows at
+# once: contiguous, vectorised), one along the row (stride 2), with the padding laid into a
+# small row buffer first, so no pixel load needs a bounds test.
+@njit(parallel=True, cache=True)
+def _wino_in(x, n0, n1, c0, C, ph, pw, ty0, ty1, TW, V):
+    """V[xi, c, t] = (B^T d B)[xi], d the 4x4 patch of the padded input under block t =
+    ((n - n0)*(ty1 - ty0) + ty - ty0)*TW + tx (input rows 2ty - ph .., columns 2tx - pw ..)."""
+    H, W = x.shape[2], x.shape[3]
+    TR = ty1 - ty0
+    Wp = 2 * TW + 2                              # padded columns the row of blocks reads
+    lo = min(pw, Wp)
+    hi = max(min(Wp, W + pw), lo)
+    for q in prange(C * (n1 - n0)):
+        c, nn = q % C, q // C
+        n, cc = n0 + nn, c0 + c
+        X = np.zeros((4, Wp), dtype=x.dtype)     # four padded input rows
+        R = np.empty((4, Wp), dtype=x.dtype)     # B^T applied down the columns
+        for ty in range(ty0, ty1):
+            for i in range(4):
+                h = 2 * ty - ph + i
+                if 0 <= h < H:
+                    X[i, lo:hi] = x[n, cc, h, lo - pw:hi - pw]
+                else:
+                    X[i, lo:hi] = 0
+            for u in range(Wp):
+                a, b, e, f = X[0, u], X[1, u], X[2, u], X[3, u]
+                R[0, u] = a - e
+                R[1, u] = b + e
+                R[2, u] = e - b
+                R[3, u] = b - f
+            base = (nn * TR + ty - ty0) * TW
+            for i in range(4):
+                for tx in range(TW):
+                    u, t = 2 * tx, base + tx
+                    r0, r1, r2, r3 = R[i, u], R[i, u + 1], R[i, u + 2], R[i, u + 3]
+                    V[4 * i, c, t] = r0 - r2
+                    V[4 * i + 1, c, t] = r1 + r2
+                    V[4 * i + 2, c, t] = r2 - r1
+                    V[4 * i + 3, c, t] = r1 - r3
+
+
+@njit(parallel=True, cache=True)
+def _wino_out(M, bias, n0, n1, f0, F, ty0, ty1, TW, y):
+    """y[n, f0 + f, 2ty + a, 2tx + b] = (A^T m A)[a, b] (+ bias[f]) for the 4x4 tile m =
+    M[:, f, t]; blocks hanging over the edge write only their pixels inside y. A^T goes down
+    the columns first, on contiguous runs of M (vectorised), then along the rows."""
+    Ho, Wo = y.shape[2], y.shape[3]
+    TR = ty1 - ty0
+    for q in prange(F * (n1 - n0)):
+        f, nn = q % F, q // F
+        n = n0 + nn
+        bf = bias[f] if bias.size > 0 else y.dtype.type(0)
+        S = np.empty((8, TW), dtype=y.dtype)
+        for ty in range(ty0, ty1):
+            base = (nn * TR + ty - ty0) * TW
+            for j in range(4):
+                m0, m1 = M[j, f, base:base + TW], M[4 + j, f, base:base + TW]
+                m2, m3 = M[8 + j, f, base:base + TW], M[12 + j, f, base:base + TW]
+                for tx in range(TW):
+                    S[j, tx] = m0[tx] + m1[tx] + m2[tx]
+                    S[4 + j, tx] = m1[tx] - m2[tx] - m3[tx]
+            for a in range(2):
+                oh = 2 * ty + a
+                if oh >= Ho:
+                    continue
+                for tx in range(TW):
+                    s0, s1, s2, s3 = S[4 * a, tx], S[4 * a + 1, tx], S[4 * a + 2, tx], \
+                        S[4 * a + 3, tx]
+                    y[n, f0 + f, oh, 2 * tx] = s0 + s1 + s2 + bf
+                    if 2 * tx + 1 < Wo:
+                        y[n, f0 + f, oh, 2 * tx + 1] = s1 - s2 - s3 + bf
+
+
+@njit(parallel=True, cache=True)
+def _wino_dout(dout, n0, n1, f0, F, ty0, ty1, TW, D):
+    """D[xi, f, t] = (A g A^T)[xi] for the 2x2 block g of dout (zero past its edge): the
+    adjoint of _wino_out. A = [1 0; 1 1; 1 -1; 0 -1]."""
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    TR = ty1 - ty0
+    for q in prange(F * (n1 - n0)):
+        f, nn = q % F, q // F
+        n, ff = n0 + nn, f0 + f
+        Q = np.zeros((4, 2 * TW), dtype=dout.dtype)   # A applied down the columns
+        for ty in range(ty0, ty1):
+            oh = 2 * ty
+            for ow in range(Wo):
+                g0 = dout[n, ff, oh, ow]
+                g1 = dout[n, ff, oh + 1, ow] if oh + 1 < Ho else dout.dtype.type(0)
+                Q[0, ow] = g0
+                Q[1, ow] = g0 + g1
+                Q[2, ow] = g0 - g1
+                Q[3, ow] = -g1
+            base = (nn * TR + ty - ty0) * TW
+            for i in range(4):
+                for tx in range(TW):
+                    t = base + tx
+                    p, r = Q[i, 2 * tx], Q[i, 2 * tx + 1]
+                    D[4 * i, f, t] = p
+                    D[4 * i + 1, f, t] = p + r
+                    D[4 * i + 2, f, t] = p - r
+                    D[4 * i + 3, f, t] = -r
+
+
+@njit(parallel=True, cache=True)
+def _wino_weight_kernel(w, U):
+    """U[xi, f, c] = (G w[f, c] G^T)[xi]."""
+    F, C = w.shape[0], w.shape[1]
+    h = w.dtype.type(0.5)
+    T = np.empty((4, 3), dtype=w.dtype)
+    for f in prange(F):
+        T = np.empty((4, 3), dtype=w.dtype)
+        for c in range(C):
+            for j in range(3):                      # G applied down each column
+                g0, g1, g2 = w[f, c, 0, j], w[f, c, 1, j], w[f, c, 2, j]
+                T[0, j] = g0
+                T[1, j] = h * (g0 + g1 + g2)
+                T[2, j] = h * (g0 - g1 + g2)
+                T[3, j] = g2
+            for i in range(4):                      # ... and along each row
+                g0, g1, g2 = T[i, 0], T[i, 1], T[i, 2]
+                U[4 * i, f, c] = g0
+                U[4 * i + 1, f, c] = h * (g0 + g1 + g2)
+                U[4 * i + 2, f, c] = h * (g0 - g1 + g2)
+                U[4 * i + 3, f, c] = g2
+
+
+@njit(parallel=True, cache=True)
+def _wino_weight_grad_kernel(dU, dw):
+    """dw[f, c] = G^T dU[:, f, c] G: the adjoint of _wino_weight_kernel."""
+    F, C = dw.shape[0], dw.shape[1]
+    h = dw.dtype.type(0.5)
+    for f in prange(F):
+        T = np.empty((4, 3), dtype=dw.dtype)
+        for c in range(C):
+            for i in range(4):                      # G^T applied along each row
+                u0, u1, u2, u3 = dU[4 * i, f, c], dU[4 * i + 1, f, c], dU[4 * i + 2, f, c], \
+                    dU[4 * i + 3, f, c]
+                T[i, 0] = u0 + h * (u1 + u2)
+                T[i, 1] = h * (u1 - u2)
+                T[i, 2] = h * (u1 + u2) + u3
+            for j in range(3):                      # ... and down each column
+                u0, u1, u2, u3 = T[0, j], T[1, j], T[2, j], T[3, j]
+                dw[f, c, 0, j] = u0 + h * (u1 + u2)
+                dw[f, c, 1, j] = h * (u1 - u2)
+                dw[f, c, 2, j] = h * (u1 + u2) + u3
+
+
+WINO_BUDGET = 8 << 20       # bytes of the larger of V and M per tile
+WINO_MIN_BLOCKS = 1024      # ... but at least this many blocks: each of the 16 GEMMs stays wide
+WINO_MIN_CHANNELS = 32      # below this the 16 thin GEMMs lose to one im2col GEMM
+
+
+def _wino_tiles(N, TH, TW, chans, itemsize):
+    """Like _tiles, in 2x2 blocks: (n0, n1, ty0, ty1)."""
+    blocks = max(WINO_BUDGET // (16 * chans * itemsize), WINO_MIN_BLOCKS)
+    rows = max(1, blocks // TW)
+    if rows >= TH:
+        per = max(1, rows // TH)
+        for n0 in range(0, N, per):
+            yield n0, min(N, n0 + per), 0, TH
+    else:
+        for n in range(N):
+            for r0 in range(0, TH, rows):
+                yield n, n + 1, r0, min(TH, r0 + rows)
+
+
+def _use_winograd(w_shape, stride, dilation, groups, out_hw, N):
+    """3x3, stride 1, enough channels, and enough 2x2 blocks for wide GEMMs: on VGG16 at 224
+    (2 cores) Winograd wins from conv1_2 to conv4_3 (28x28: 196 blocks) and loses at conv5
+    (14x14: 49 blocks), where im2col's single GEMM is wider."""
+    F, Cg, kh, kw = w_shape
+    blocks = N * ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+    return (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and \
+        min(Cg, F // groups) >= WINO_MIN_CHANNELS and blocks >= WINO_MIN_TOTAL_BLOCKS
+
+
+WINO_MIN_TOTAL_BLOCKS = 100
+
+# The transformed weight of the turned kernel w'[c, f] = rot180(w[f, c]) (whose convolution
+# with dout is dx) is U itself, transposed in (f, c), with the transform index 0 <-> 3 swapped
+# in both directions (rot180 reverses g's rows and columns; G maps a reversed g to its rows
+# 3, 1, 2, 0). So dx needs no turned copy of the weight: its GEMMs read U[_ROT[xi]]^T.
+_ROT = [(3 - i if i in (0, 3) else i) * 4 + (3 - j if j in (0, 3) else j)
+        for i in range(4) for j in range(4)]
+
+
+def _wino_conv(x, w, b, pad, groups, Ho, Wo, transpose=False):
+    """y = conv2d(x, w, b) (3x3, stride 1) by Winograd; with transpose=True, the convolution
+    with the turned weight w' (C, F/groups, 3, 3) instead: dx when x is dout."""
+    N = x.shape[0]
+    F, Cg = w.shape[:2]
+    U = np.empty((16, F, Cg), dtype=x.dtype)
+    _wino_weight_kernel(np.ascontiguousarray(w), U)
+    if transpose:                            # in: F channels (of dout) per group, out: Cg
+        Cg, F = F // groups, Cg * groups
+    Fg = F // groups
+    y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    bias = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
+    for n0, n1, ty0, ty1 in _wino_tiles(N, TH, TW, max(Cg, Fg), x.itemsize):
+        T = (n1 - n0) * (ty1 - ty0) * TW
+        V = _scratch_matrix("wv", 16, Cg * T, x.dtype).reshape(16, Cg, T)
+        M = _scratch_matrix("wm", 16, Fg * T, x.dtype).reshape(16, Fg, T)
+        for g in range(groups):
+            _wino_in(x, n0, n1, g * Cg, Cg, pad[0], pad[1], ty0, ty1, TW, V)
+            if transpose:
+                for xi in range(16):
+                    np.matmul(U[_ROT[xi], g * Cg:(g + 1) * Cg].T, V[xi], out=M[xi])
+            else:
+                np.matmul(U[:, g * Fg:(g + 1) * Fg], V, out=M)
+            _wino_out(M, bias[g * Fg:(g + 1) * Fg] if bias.size else bias, n0, n1, g * Fg,
+                      Fg, ty0, ty1, TW, y)
+    return y
+
+
+def _wino_dw(dout, x, w_shape, pad, groups):
+    N, C, H, W = x.shape
+    F, Cg = w_shape[:2]
+    Fg = F // groups
+    Ho, Wo = dout.shape[2:]
+    TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
+    dU = np.empty((16, F, Cg), dtype=x.dtype)
+    first = True
+    for n0, n1, ty0, ty1 in _wino_tiles(N, TH, TW, max(Cg, Fg), x.itemsize):
+        T = (n1 - n0) * (ty1 - ty0) * TW
+        V = _scratch_matrix("wv", 16, Cg * T, x.dtype).reshape(16, Cg, T)
+        D = _scratch_matrix("wm", 16, Fg * T, x.dtype).reshape(16, Fg, T)
+        for g in range(groups):
+            _wino_in(x, n0, n1, g * Cg, Cg, pad[0], pad[1], ty0, ty1, TW, V)
+            _wino_dout(dout, n0, n1, g * Fg, Fg, ty0, ty1, TW, D)
+            dst = dU[:, g * Fg:(g + 1) * Fg]
+            if first:
+                np.matmul(D, V.transpose(0, 2, 1), out=dst)
+            else:
+                tmp = _scratch_matrix("dw", 16, Fg * Cg, x.dtype).reshape(16, Fg, Cg)
+                dst += np.matmul(D, V.transpose(0, 2, 1), out=tmp)
+        first = False
+    dw = np.empty(w_shape, dtype=x.dtype)
+    _wino_weight_grad_kernel(dU, dw)
+    return dw
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -126,24 +466,48 @@ def conv2d(x, w, b, stride, pad, dilation, groups):
     F, Cg, kh, kw = w.shape
     Ho = conv_out(H, kh, stride[0], pad[0], dilation[0])
     Wo = conv_out(W, kw, stride[1], pad[1], dilation[1])
+    if _use_winograd(w.shape, stride, dilation, groups, (Ho, Wo), N):
+        return _wino_conv(x, w, b, pad, groups, Ho, Wo)
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     Fg, K = F // groups, Cg * kh * kw
-    wmat = w.reshape(F, K)
-    buf = np.empty(0, dtype=x.dtype)
+    wmat = np.ascontiguousarray(w).reshape(F, K)
+    pointwise = _is_pointwise(kh, kw, stride, pad)
+    if pointwise:
+        x = np.ascontiguousarray(x)
     for n0, n1, r0, r1 in _tiles(N, Ho, Wo, K, x.itemsize):
         m = (n1 - n0) * (r1 - r0) * Wo
         for g in range(groups):
-            if _is_pointwise(kh, kw, stride, pad):
+            if pointwise:
                 col = _as_cols(x, n0, n1, g * Cg, Cg, r0, r1)
             else:
-                if buf.size < K * m:
-                    buf = np.empty(K * m, dtype=x.dtype)
-                col = buf[:K * m].reshape(K, m)
+                col = _scratch_matrix("col", K, m, x.dtype)
                 _im2col(x, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0, r1, Wo, col)
-            _store_cols(wmat[g * Fg:(g + 1) * Fg] @ col, y, n0, n1, g * Fg, Fg, r0, r1)
-    if b is not None:
-        y += b.reshape(1, F, 1, 1)
+            _gemm_into(wmat[g * Fg:(g + 1) * Fg], col, y, n0, n1, g * Fg, Fg, r0, r1,
+                       None if b is None else b[g * Fg:(g + 1) * Fg])
     return y
+
+
+def _dx_as_conv(x_shape, w_shape, dout_shape, stride, pad, dilation):
+    """The pad with which dx is itself a convolution of dout (stride 1 only), or None.
+
+    With stride 1, dx = conv2d(dout, w', pad=d(k-1) - p) where w'[c, f] is w[f, c] turned by
+    180 degrees. That replaces a thin GEMM (K = C_out) and a scatter-add col2im with the same
+    im2col + GEMM as the forward pass, writing dx straight in place. Only taken when it does
+    not grow the work: dout must be about as large as dx (not fc6's 16x16 from 22x22)."""
+    if stride != (1, 1):
+        return None
+    p = tuple(dilation[a] * (w_shape[2 + a] - 1) - pad[a] for a in (0, 1))
+    if min(p) < 0 or x_shape[2] * x_shape[3] > 1.25 * dout_shape[2] * dout_shape[3]:
+        return None
+    return p
+
+
+def _flipped_weight(w, groups):
+    """w (F, C/g, kh, kw) -> w' (C, F/g, kh, kw) with w'[c, f] = w[f, c] rotated 180 degrees,
+    group by group: the weight of the convolution that computes dx."""
+    F, Cg, kh, kw = w.shape
+    wg = w.reshape(groups, F // groups, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    return np.ascontiguousarray(wg).reshape(groups * Cg, F // groups, kh, kw)
 
 
 def conv2d_backward(dout, x, w, stride, pad, dilation, groups, need_dx=True, need_dw=True):
@@ -151,49 +515,143 @@ def conv2d_backward(dout, x, w, stride, pad, dilation, groups, need_dx=True, nee
     F, Cg, kh, kw = w.shape
     Ho, Wo = dout.shape[2:]
     Fg, K = F // groups, Cg * kh * kw
-    wmat = w.reshape(F, K)
-    dx = np.zeros_like(x) if need_dx else None
-    dwm = np.zeros((F, K), dtype=w.dtype) if need_dw else None
+    dout = np.ascontiguousarray(dout)
+    wmat = np.ascontiguousarray(w).reshape(F, K)
     pointwise = _is_pointwise(kh, kw, stride, pad)
-    buf = np.empty(0, dtype=x.dtype)
-    for n0, n1, r0, r1 in _tiles(N, Ho, Wo, K, x.itemsize):
+    if pointwise:
+        x = np.ascontiguousarray(x)
+    dx = dwm = None
+    dx_pad = _dx_as_conv(x.shape, w.shape, dout.shape, stride, pad, dilation) \
+        if need_dx and not pointwise else None
+    if dx_pad is not None and _use_winograd(w.shape, stride, dilation, groups, (H, W), N):
+        dx = _wino_conv(dout, w, None, dx_pad, groups, H, W, transpose=True)
+    elif dx_pad is not None and w.size <= dout.size:
+        # im2col + GEMM on the turned weight, when turning it (a copy) costs less than dout's
+        # size: at conv5 of VGG16 (14x14, a 9 MB weight) the GEMM + col2im below is faster
+        dx = conv2d(dout, _flipped_weight(w, groups), None, (1, 1), dx_pad, dilation, groups)
+    elif need_dx:
+        dx_pad = None
+        dx = np.empty_like(x) if pointwise else np.zeros_like(x)
+    dw = None
+    if need_dw and _use_winograd(w.shape, stride, dilation, groups, (Ho, Wo), N):
+        dw = _wino_dw(dout, x, w.shape, pad, groups)
+        need_dw = False
+    if need_dw:
+        dwm = np.empty((F, K), dtype=w.dtype)
+    first = True
+    tiles = _tiles(N, Ho, Wo, K, x.itemsize) if need_dw or (need_dx and dx_pad is None) else ()
+    for n0, n1, r0, r1 in tiles:
         m = (n1 - n0) * (r1 - r0) * Wo
-        if buf.size < K * m and not pointwise:
-            buf = np.empty(K * m, dtype=x.dtype)
         for g in range(groups):
             d = _as_cols(dout, n0, n1, g * Fg, Fg, r0, r1)          # (Fg, m)
-            wg = wmat[g * Fg:(g + 1) * Fg]
             if need_dw:
                 if pointwise:
                     col = _as_cols(x, n0, n1, g * Cg, Cg, r0, r1)
                 else:
-                    col = buf[:K * m].reshape(K, m)
+                    col = _scratch_matrix("col", K, m, x.dtype)
                     _im2col(x, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0, r1, Wo,
                             col)
-                dwm[g * Fg:(g + 1) * Fg] += d @ col.T
-            if need_dx:
-                dcol = wg.T @ d                                      # (K, m)
-                if pointwise:
-                    _store_cols(dcol, dx, n0, n1, g * Cg, Cg, r0, r1)
+                dst = dwm[g * Fg:(g + 1) * Fg]
+                if first:
+                    np.matmul(d, col.T, out=dst)
                 else:
-                    _col2im(dcol, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0, r1,
-                            Wo, dx)
-    db = dout.sum(axis=(0, 2, 3))
-    return dx, (dwm.reshape(w.shape) if need_dw else None), db
+                    dst += np.matmul(d, col.T, out=_scratch_matrix("dw", Fg, K, w.dtype))
+            if need_dx and dx_pad is None:
+                wg = wmat[g * Fg:(g + 1) * Fg]
+                if pointwise:
+                    _gemm_into(wg.T, d, dx, n0, n1, g * Cg, Cg, r0, r1)
+                else:
+                    dcol = np.matmul(wg.T, d, out=_scratch_matrix("col", K, m, x.dtype))
+                    _col2im(dcol, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0,
+                            r1, Wo, dx)
+        first = False
+    if need_dw:
+        dw = dwm.reshape(w.shape)
+    return dx, dw, _bias_grad(dout)
+
+
+# ----------------------------------------------------------------------------- deconvolution
+@njit(cache=True)
+def _is_diagonal(w):
+    """Is w (C, C, kh, kw) zero off the channel diagonal? Stops at the first nonzero, so a
+    dense weight costs one look; a bilinear upsampling weight, one pass over it."""
+    C, F = w.shape[0], w.shape[1]
+    if C != F:
+        return False
+    for c in range(C):
+        for f in range(F):
+            if c != f:
+                for i in range(w.shape[2]):
+                    for j in range(w.shape[3]):
+                        if w[c, f, i, j] != 0:
+                            return False
+    return True
+
+
+@njit(parallel=True, cache=True)
+def _deconv_depthwise(x, w, sh, sw, ph, pw, y):
+    """y[n, c] = transposed conv of x[n, c] with w[c, c] alone, gathered: each output pixel
+    sums the few input pixels whose kernel footprint covers it (ceil(k/s)^2 of them), so
+    every output is written once and no thread adds to another's."""
+    N, C, H, W = x.shape
+    Ho, Wo = y.shape[2], y.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    for t in prange(N * C * Ho):
+        n, c, oh = t // (C * Ho), (t // Ho) % C, t % Ho
+        a = oh + ph                      # row in the un-cropped output
+        ih0, ih1 = max(0, (a - kh + sh) // sh), min(H - 1, a // sh)
+        for ow in range(Wo):
+            b = ow + pw
+            iw0, iw1 = max(0, (b - kw + sw) // sw), min(W - 1, b // sw)
+            s = 0.0
+            for ih in range(ih0, ih1 + 1):
+                for iw in range(iw0, iw1 + 1):
+                    s += x[n, c, ih, iw] * w[c, c, a - ih * sh, b - iw * sw]
+            y[n, c, oh, ow] = s
+
+
+@njit(parallel=True, cache=True)
+def _deconv_depthwise_dx(dout, w, sh, sw, ph, pw, dx):
+    """The adjoint: dx[n, c, ih, iw] = sum over the kernel footprint of input pixel (ih, iw)
+    of dout[n, c] times w[c, c]."""
+    N, C, H, W = dx.shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    for t in prange(N * C * H):
+        n, c, ih = t // (C * H), (t // H) % C, t % H
+        for iw in range(W):
+            s = 0.0
+            for i in range(kh):
+                oh = ih * sh - ph + i
+                if oh < 0 or oh >= Ho:
+                    continue
+                for j in range(kw):
+                    ow = iw * sw - pw + j
+                    if 0 <= ow < Wo:
+                        s += dout[n, c, oh, ow] * w[c, c, i, j]
+            dx[n, c, ih, iw] = s
 
 
 def conv_transpose2d(x, w, b, stride, pad):
-    """Forward of a transposed conv = backward-data of a conv: col = W^T x, then col2im."""
+    """Forward of a transposed conv = backward-data of a conv: col = W^T x, then col2im.
+    A weight that is diagonal across channels (FCN's bilinear upsampling) takes the
+    depthwise kernel instead: C_out times less work than the dense product with its zeros."""
     N, C, H, W = x.shape
     _, F, kh, kw = w.shape
     Ho, Wo = deconv_out(H, kh, stride[0], pad[0]), deconv_out(W, kw, stride[1], pad[1])
-    y = np.zeros((N, F, Ho, Wo), dtype=x.dtype)
-    K = F * kh * kw
-    wmat_t = w.reshape(C, K).T
-    for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
-        col = wmat_t @ _as_cols(x, n0, n1, 0, C, r0, r1)
-        _col2im(np.ascontiguousarray(col), n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1,
-                W, y)
+    if _is_diagonal(w):
+        y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+        _deconv_depthwise(x, w, *stride, *pad, y)
+    else:
+        y = np.zeros((N, F, Ho, Wo), dtype=x.dtype)
+        K = F * kh * kw
+        wmat_t = np.ascontiguousarray(w).reshape(C, K).T
+        x = np.ascontiguousarray(x)
+        for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
+            m = (n1 - n0) * (r1 - r0) * W
+            col = np.matmul(wmat_t, _as_cols(x, n0, n1, 0, C, r0, r1),
+                            out=_scratch_matrix("col", K, m, x.dtype))
+            _col2im(col, n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1, W, y)
     if b is not None:
         y += b.reshape(1, F, 1, 1)
     return y
@@ -203,21 +661,35 @@ def conv_transpose2d_backward(dout, x, w, stride, pad, need_dx=True, need_dw=Tru
     N, C, H, W = x.shape
     _, F, kh, kw = w.shape
     K = F * kh * kw
-    wmat = w.reshape(C, K)
-    dx = np.empty_like(x) if need_dx else None
-    dwm = np.zeros((C, K), dtype=w.dtype) if need_dw else None
-    buf = np.empty(0, dtype=x.dtype)
-    for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
-        m = (n1 - n0) * (r1 - r0) * W
-        if buf.size < K * m:
-            buf = np.empty(K * m, dtype=x.dtype)
-        col = buf[:K * m].reshape(K, m)
-        _im2col(dout, n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1, W, col)
-        if need_dx:
-            _store_cols(wmat @ col, dx, n0, n1, 0, C, r0, r1)
-        if need_dw:
-            dwm += _as_cols(x, n0, n1, 0, C, r0, r1) @ col.T
-    return dx, (dwm.reshape(w.shape) if need_dw else None), dout.sum(axis=(0, 2, 3))
+    wmat = np.ascontiguousarray(w).reshape(C, K)
+    dout = np.ascontiguousarray(dout)
+    x = np.ascontiguousarray(x)
+    dx = dwm = None
+    if need_dx and _is_diagonal(w):
+        dx = np.empty_like(x)
+        _deconv_depthwise_dx(dout, w, *stride, *pad, dx)
+        dense_dx = False
+    else:
+        dense_dx = need_dx
+        dx = np.empty_like(x) if need_dx else None
+    if need_dw:
+        dwm = np.empty((C, K), dtype=w.dtype)
+    if dense_dx or need_dw:
+        first = True
+        for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
+            m = (n1 - n0) * (r1 - r0) * W
+            col = _scratch_matrix("col", K, m, x.dtype)
+            _im2col(dout, n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1, W, col)
+            if dense_dx:
+                _gemm_into(wmat, col, dx, n0, n1, 0, C, r0, r1)
+            if need_dw:
+                xc = _as_cols(x, n0, n1, 0, C, r0, r1)
+                if first:
+                    np.matmul(xc, col.T, out=dwm)
+                else:
+                    dwm += np.matmul(xc, col.T, out=_scratch_matrix("dw", C, K, w.dtype))
+            first = False
+    return dx, (dwm.reshape(w.shape) if need_dw else None), _bias_grad(dout)
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -244,15 +716,50 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax):
 
 
 @njit(parallel=True, cache=True)
-def _max_unpool(dout, argmax, dx):
-    N, C, Ho, Wo = dout.shape
-    W = dx.shape[3]
+def _max_pool_2x2(x, y, argmax):
+    """_max_pool for VGG's 2x2 windows of stride 2 without padding, written so that LLVM
+    vectorises it: no bounds tests in the inner loop and no branches (each pair's winner is a
+    select). Ties go to the first pixel in scan order, as in _max_pool: the top pair's winner
+    keeps a tie against the bottom pair's. 8x faster than _max_pool on VGG16's pool1."""
+    N, C, H, W = x.shape
+    Ho, Wo = y.shape[2], y.shape[3]
+    full = W // 2                            # windows two columns wide; ceil mode may add one
     for t in prange(N * C):
         n, c = t // C, t % C
         for oh in range(Ho):
-            for ow in range(Wo):
-                a = argmax[n, c, oh, ow]
-                dx[n, c, a // W, a % W] += dout[n, c, oh, ow]
+            h0 = 2 * oh
+            h1 = min(h0 + 1, H - 1)          # ceil mode: a last window one row high
+            r0, r1 = x[n, c, h0], x[n, c, h1]
+            yr, ar = y[n, c, oh], argmax[n, c, oh]
+            for ow in range(full):
+                w0 = 2 * ow
+                a0, a1, b0, b1 = r0[w0], r0[w0 + 1], r1[w0], r1[w0 + 1]
+                top, bot = a1 > a0, b1 > b0
+                ta = a1 if top else a0
+                tb = b1 if bot else b0
+                ia = h0 * W + w0 + (1 if top else 0)
+                ib = h1 * W + w0 + (1 if bot else 0)
+                lower = tb > ta
+                yr[ow] = tb if lower else ta
+                ar[ow] = ib if lower else ia
+            for ow in range(full, Wo):
+                w0 = 2 * ow
+                a0, b0 = r0[w0], r1[w0]
+                lower = b0 > a0
+                yr[ow] = b0 if lower else a0
+                ar[ow] = h1 * W + w0 if lower else h0 * W + w0
+
+
+@njit(parallel=True, cache=True)
+def _max_unpool(dout, argmax, dx):
+    """dx[p] = 0, then dx[p, argmax[p, k]] += dout[p, k] on (planes, pixels) views: one
+    thread per plane, which it zeroes and fills while it sits in its cache (no separate
+    np.zeros pass over dx, no division to split the flat index)."""
+    for p in prange(dout.shape[0]):
+        row, d, a = dx[p], dout[p], argmax[p]
+        row[:] = 0
+        for k in range(d.shape[0]):
+            row[a[k]] += d[k]
 
 
 def max_pool2d(x, kernel, stride, pad, ceil_mode):
@@ -261,13 +768,19 @@ def max_pool2d(x, kernel, stride, pad, ceil_mode):
     Wo = pool_out(W, kernel[1], stride[1], pad[1], ceil_mode)
     y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     argmax = np.empty((N, C, Ho, Wo), dtype=np.int32)
-    _max_pool(x, *kernel, *stride, *pad, y, argmax)
+    if kernel == stride == (2, 2) and pad == (0, 0):
+        _max_pool_2x2(x, y, argmax)
+    else:
+        _max_pool(x, *kernel, *stride, *pad, y, argmax)
     return y, argmax
 
 
 def max_pool2d_backward(dout, argmax, x_shape):
-    dx = np.zeros(x_shape, dtype=dout.dtype)
-    _max_unpool(dout, argmax, dx)
+    N, C, H, W = x_shape
+    dx = np.empty(x_shape, dtype=dout.dtype)
+    P = N * C
+    _max_unpool(np.ascontiguousarray(dout).reshape(P, -1),
+                np.ascontiguousarray(argmax).reshape(P, -1), dx.reshape(P, H * W))
     return dx
 
 

@@ -1,0 +1,129 @@
+"""The fast routes of kernels/cpu.py, each forced on small shapes and compared with the numpy
+reference: Winograd F(2x2, 3x3) convolutions (forward, dx, dw), dx as a convolution of dout,
+the depthwise transposed convolution of a diagonal (bilinear) weight, the 2x2 max-pool kernel
+and its first-maximum-wins rule on ties, and scratch reuse across calls of different sizes.
+On real sizes these routes are chosen by thresholds; here the thresholds are lowered so that
+tiny shapes take them."""
+import numpy as np
+import pytest
+
+from minifcn import functional as F
+from minifcn.kernels import cpu
+from minifcn.layers import bilinear_weight
+
+
+def close(a, b, dtype):
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        if u is None or v is None:
+            assert u is None and v is None
+            continue
+        scale = max(1.0, float(np.abs(v).max()))
+        np.testing.assert_allclose(u, v, rtol=0, atol=tol * scale)
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    monkeypatch.setattr(cpu, "WINO_MIN_CHANNELS", 1)
+    monkeypatch.setattr(cpu, "WINO_MIN_TOTAL_BLOCKS", 1)
+    monkeypatch.setattr(cpu, "WINO_MIN_BLOCKS", 3)        # several tiles per image
+    monkeypatch.setattr(cpu, "WINO_BUDGET", 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,c,f,h,w,pad,groups", [
+    (1, 3, 4, 5, 7, 1, 1), (2, 4, 6, 6, 6, 0, 2), (3, 2, 2, 9, 4, 2, 1), (1, 5, 3, 1, 1, 1, 1),
+    (2, 4, 4, 8, 8, 3, 1), (2, 8, 6, 11, 9, 1, 1)])
+def test_winograd_matches_reference(winograd_everywhere, rng, dtype, n, c, f, h, w, pad, groups):
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    kw = dict(pad=pad, groups=groups)
+    y = F.conv2d(x, wt, b, **kw, device="cpu")
+    close(y, F.conv2d(x, wt, b, **kw, device="numpy"), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    close(F.conv2d_backward(dy, x, wt, **kw, device="cpu"),
+          F.conv2d_backward(dy, x, wt, **kw, device="numpy"), dtype)
+    # one gradient at a time (frozen weight; data input)
+    close(F.conv2d_backward(dy, x, wt, **kw, need_dw=False, device="cpu")[0],
+          F.conv2d_backward(dy, x, wt, **kw, need_dw=False, device="numpy")[0], dtype)
+    close(F.conv2d_backward(dy, x, wt, **kw, need_dx=False, device="cpu")[1],
+          F.conv2d_backward(dy, x, wt, **kw, need_dx=False, device="numpy")[1], dtype)
+
+
+def test_winograd_on_a_strided_view(winograd_everywhere, rng):
+    """Crops hand the kernels non-contiguous views."""
+    big = rng.standard_normal((2, 4, 12, 12))
+    x = big[:, :, 1:10, 2:11]
+    wt = rng.standard_normal((3, 4, 3, 3))
+    close(F.conv2d(x, wt, pad=1, device="cpu"), F.conv2d(x, wt, pad=1, device="numpy"),
+          np.float64)
+
+
+@pytest.mark.parametrize("stride,pad,dil", [(1, 1, 1), (1, 0, 1), (1, 2, 2), (2, 1, 1)])
+def test_dx_routes(rng, stride, pad, dil, monkeypatch):
+    """dx as a convolution of dout (stride 1) and as GEMM + col2im, both against numpy."""
+    monkeypatch.setattr(cpu, "WINO_MIN_CHANNELS", 10**9)
+    x = rng.standard_normal((2, 3, 9, 8))
+    for f in (2, 40):                       # a weight smaller / larger than dout
+        wt = rng.standard_normal((f, 3, 3, 3))
+        kw = dict(stride=stride, pad=pad, dilation=dil)
+        dy = rng.standard_normal(F.conv2d_output_shape(x.shape, wt.shape, **kw))
+        close(F.conv2d_backward(dy, x, wt, **kw, device="cpu"),
+              F.conv2d_backward(dy, x, wt, **kw, device="numpy"), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,s,p,h", [(64, 32, 0, 3), (4, 2, 0, 5), (16, 8, 0, 4), (4, 2, 1, 3),
+                                     (3, 2, 1, 4), (5, 3, 2, 2)])
+def test_depthwise_deconv(rng, dtype, k, s, p, h):
+    """FCN's bilinear upsampling weight is diagonal across channels: the depthwise route."""
+    c = 3
+    w = bilinear_weight(c, c, k).astype(dtype)
+    w[1, 1] *= 2.0                           # not the same filter on every channel
+    assert cpu._is_diagonal(w)
+    x = rng.standard_normal((2, c, h, h + 1)).astype(dtype)
+    y = F.conv_transpose2d(x, w, None, s, p, device="cpu")
+    close(y, F.conv_transpose2d(x, w, None, s, p, device="numpy"), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for need_dw in (False, True):            # a learnable upsampling still gets its full dw
+        close(F.conv_transpose2d_backward(dy, x, w, s, p, need_dw=need_dw, device="cpu"),
+              F.conv_transpose2d_backward(dy, x, w, s, p, need_dw=need_dw, device="numpy"),
+              dtype)
+
+
+def test_dense_deconv_is_not_diagonal(rng):
+    w = bilinear_weight(3, 3, 4)
+    w[0, 2, 1, 1] = 1e-3
+    assert not cpu._is_diagonal(w)
+    assert not cpu._is_diagonal(np.zeros((2, 3, 4, 4)))      # C_in != C_out
+    x = rng.standard_normal((1, 3, 4, 4))
+    close(F.conv_transpose2d(x, w, None, 2, 1, device="cpu"),
+          F.conv_transpose2d(x, w, None, 2, 1, device="numpy"), np.float64)
+
+
+@pytest.mark.parametrize("h,w,ceil", [(6, 6, True), (7, 5, True), (7, 5, False), (1, 1, True)])
+def test_max_pool_2x2_ties_and_edges(rng, h, w, ceil):
+    """Ties (integer-valued inputs) go to the first pixel in scan order, as in the reference."""
+    x = rng.integers(0, 3, (2, 3, h, w)).astype(np.float32)
+    y, arg = F.max_pool2d(x, 2, 2, ceil_mode=ceil, device="cpu")
+    yr, argr = F.max_pool2d(x, 2, 2, ceil_mode=ceil, device="numpy")
+    np.testing.assert_array_equal(y, yr)
+    np.testing.assert_array_equal(arg, argr)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(F.max_pool2d_backward(dy, arg, x.shape, device="cpu"),
+                                  F.max_pool2d_backward(dy, arg, x.shape, device="numpy"))
+
+
+def test_scratch_reuse_across_sizes(rng):
+    """A big call then a small one then a big one: the scratch buffers never leak into
+    results (each result is a fresh array)."""
+    outs = []
+    for h in (20, 5, 20):
+        x = rng.standard_normal((1, 4, h, h)).astype(np.float32)
+        wt = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+        y = F.conv2d(x, wt, pad=1, device="cpu")
+        close(y, F.conv2d(x, wt, pad=1, device="numpy"), np.float32)
+        outs.append((x, wt, y.copy(), y))
+    for x, wt, saved, y in outs:
+        np.testing.assert_array_equal(saved, y)
