@@ -79,19 +79,37 @@ _DEVICE_ATTRS = {"shape", "strides", "ndim", "size", "dtype", "nbytes", "flags",
 
 @pytest.fixture(autouse=True)
 def gpu_like_arrays(monkeypatch):
-    """In the simulator, make device arrays behave as a GPU's, only stricter: no arithmetic
-    or comparisons (a DeviceNDArray has none), no conversion to NumPy (a DeviceNDArray's
-    __array__ would copy to the host behind the user's back), only DeviceNDArray's attributes,
-    and no host array handed to a kernel (numba would copy it over and back at every launch).
-    Copies both ways are recorded; yields a Bus."""
+    """Record the copies both ways (host -> device through cuda.to_device, device -> host
+    through copy_to_host); yields a Bus. In the simulator also make device arrays behave as a
+    GPU's, only stricter: no arithmetic or comparisons (a DeviceNDArray has none), no
+    conversion to NumPy (a DeviceNDArray's __array__ would copy to the host behind the user's
+    back), only DeviceNDArray's attributes, and no host array handed to a kernel (numba would
+    copy it over and back at every launch)."""
     bus = Bus()
+    if cuda_util.SIM:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as array_class
+    else:
+        from numba.cuda.cudadrv.devicearray import DeviceNDArrayBase as array_class
+
+    copy_to_host = array_class.copy_to_host
+
+    def counted_copy_to_host(self, *args, **kwargs):
+        bus.down.append(int(self.size))
+        return copy_to_host(self, *args, **kwargs)
+    monkeypatch.setattr(array_class, "copy_to_host", counted_copy_to_host)
+
+    to_device = cuda_util.cuda.to_device
+
+    def counted_to_device(a, *args, **kwargs):
+        bus.up.append(int(np.size(a)))
+        return to_device(a, *args, **kwargs)
+    monkeypatch.setattr(cuda_util.cuda, "to_device", counted_to_device)
     if not cuda_util.SIM:
         yield bus
         return
-    from numba.cuda.simulator import kernel as sim_kernel
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-    wrapped_getattr = FakeCUDAArray.__getattr__
+    from numba.cuda.simulator import kernel as sim_kernel
+    wrapped_getattr = array_class.__getattr__
 
     def getattr_(self, name):
         if name not in _DEVICE_ATTRS:
@@ -101,25 +119,11 @@ def gpu_like_arrays(monkeypatch):
     def numpy_on_device(self, *args, **kwargs):
         raise TypeError("NumPy arithmetic or conversion on a device array")
 
-    monkeypatch.setattr(FakeCUDAArray, "__getattr__", getattr_)
+    monkeypatch.setattr(array_class, "__getattr__", getattr_)
     for name in ("__array__", "__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__",
                  "__mod__", "__pow__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__",
                  "__ge__"):
-        monkeypatch.setattr(FakeCUDAArray, name, numpy_on_device, raising=False)
-
-    copy_to_host = FakeCUDAArray.copy_to_host
-
-    def counted_copy_to_host(self, *args, **kwargs):
-        bus.down.append(int(self.size))
-        return copy_to_host(self, *args, **kwargs)
-    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", counted_copy_to_host)
-
-    to_device = cuda_util.cuda.to_device
-
-    def counted_to_device(a, *args, **kwargs):
-        bus.up.append(int(np.size(a)))
-        return to_device(a, *args, **kwargs)
-    monkeypatch.setattr(cuda_util.cuda, "to_device", counted_to_device)
+        monkeypatch.setattr(array_class, name, numpy_on_device, raising=False)
 
     launch = sim_kernel.FakeCUDAKernel.__call__
 
@@ -182,6 +186,21 @@ def assert_on_device(net, blobs=True):
     if blobs:
         for name, v in net.blobs.items():
             assert name == "loss" or is_dev(v), name
+
+
+@pytest.mark.skipif(not cuda_util.SIM, reason="the simulator's arrays are made strict")
+def test_simulated_device_arrays_are_strict(gpu_like_arrays):
+    d = K.to_device(np.arange(4.0))
+    for numpy_op in (lambda: np.asarray(d), lambda: d + d, lambda: d * 2.0, lambda: np.sum(d),
+                     lambda: np.zeros(4) + d, lambda: d == 0):
+        with pytest.raises(TypeError):
+            numpy_op()
+    with pytest.raises(AttributeError):
+        d.astype(np.float32)
+    with pytest.raises(AssertionError, match="host arrays"):
+        cuda_util._fill_kernel[1, 1](np.zeros(4), 1.0)
+    assert np.array_equal(host(d), np.arange(4.0)) and gpu_like_arrays.down == [4]
+    assert gpu_like_arrays.up == [4]
 
 
 # ----------------------------------------------------------------------------- forward / backward
