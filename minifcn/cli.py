@@ -98,7 +98,8 @@ def cmd_train(a):
               if a.val_split else (None, None))
     if a.crop is None and a.batch > 1 and a.data != "synthetic":
         raise UsageError("--batch > 1 needs images of one size: give --crop H W (or --batch 1)")
-    net = build_model(a.model, num_classes, loss=True, normalize=a.normalize)
+    net = build_model(a.model, num_classes, loss=True,
+                      **({"normalize": a.normalize} if a.normalize else {}))
     if a.class_weights is not None:
         if len(a.class_weights) != num_classes:
             raise UsageError(f"--class-weights has {len(a.class_weights)} values for "
@@ -235,7 +236,9 @@ def make_parser():
     t.add_argument("--iter-size", type=int, default=1, help="batches per update (accumulated)")
     t.add_argument("--loss-sample", type=float, default=None, metavar="P",
                    help="keep each pixel's loss term with probability P (paper 3.4)")
-    t.add_argument("--normalize", choices=["valid", "batch", "none"], default="valid")
+    t.add_argument("--normalize", choices=["valid", "batch", "none"], default=None,
+                   help="loss normalisation (default: the model's; the VGG FCNs use 'batch' "
+                        "as the reference, which wants a tiny lr such as 1e-10)")
     t.add_argument("--class-weights", type=float, nargs="+", default=None)
     t.add_argument("--weights", help="initial weights (.npz)")
     t.add_argument("--vgg16", help="torchvision VGG16 .pth to start from (the paper's recipe)")

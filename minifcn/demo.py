@@ -1,56 +1,79 @@
-"""`make demo` (engine version): build a small FCN-like net with a skip and a crop, run
-forward and backward on random data, print per-layer timings and a float64 gradient check."""
-import numpy as np
+"""`make demo`: train a tiny FCN-8s on the built-in synthetic shapes, score it on held-out
+images with the paper's four metrics, and draw what it sees.
 
-from . import layers as L
-from .gradcheck import check_net
-from .net import Net
+    python -m minifcn.demo [--minutes 2.5] [--out runs/demo] [--device cpu]
 
+Writes to --out: checkpoint.npz, log.jsonl, curves.png (loss and validation mean IU), and
+overlays/*.png (image | ground truth | prediction) for the first held-out images.
 
-def small_fcn(num_classes=4, seed=0):
-    net = Net(inputs=["data", "label"], name="small_fcn")
-    net.add("conv1", L.Conv(3, 16, 3, pad=5, seed=seed), "data")
-    net.add("relu1", L.ReLU(), "conv1", "conv1")
-    net.add("pool1", L.MaxPool(2), "conv1")
-    net.add("conv2", L.Conv(16, 32, 3, pad=1, seed=seed + 1), "pool1")
-    net.add("relu2", L.ReLU(), "conv2", "conv2")
-    net.add("pool2", L.MaxPool(2), "conv2")
-    net.add("fc", L.Conv(32, 32, 3, seed=seed + 2), "pool2")
-    net.add("relu3", L.ReLU(), "fc", "fc")
-    net.add("score", L.Conv(32, num_classes, 1, seed=seed + 3), "fc")
-    net.add("upscore2", L.Deconv(num_classes, num_classes, 4, 2), "score")
-    net.add("score_pool1", L.Conv(16, num_classes, 1, seed=seed + 4), "pool1")
-    net.add("score_pool1c", L.Crop(), ["score_pool1", "upscore2"])
-    net.add("fuse", L.Sum(), ["upscore2", "score_pool1c"])
-    net.add("upscore", L.Deconv(num_classes, num_classes, 4, 2).freeze(), "fuse")
-    net.add("score_final", L.Crop(), ["upscore", "data"])
-    net.add("loss", L.SoftmaxLoss(), ["score_final", "label"])
-    return net
+The budget is wall-clock time, so the demo first times a few steps on this machine, then
+plans the run (a poly learning-rate decay that reaches zero when the time is up).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from . import metrics, models, train, viz
+from .data import Loader, preprocess, synthetic_splits
+
+NUM_CLASSES, CROP, BATCH, LR = 5, (64, 64), 8, 3e-3
+WARMUP = 20                               # steps timed to plan the rest of the run
 
 
-def main():
-    rng = np.random.default_rng(0)
-    net = small_fcn()
-    print(net.summary())
-    print("\nderived crop offsets:", {n: layer.offset for n, layer in net.layers.items()
-                                      if isinstance(layer, L.Crop)})
-    x = rng.standard_normal((4, 3, 64, 80)).astype(np.float32)
-    y = rng.integers(0, 4, (4, 64, 80))
-    for _ in range(2):                       # the first pass compiles the Numba kernels
-        loss = net.forward(data=x, label=y)
-        net.backward(input_grads=False)
-    print(f"\nloss {loss:.4f}; per-layer ms on the cpu device (batch 4, 64x80):")
-    for name, (f, b) in net.timings.items():
-        print(f"  {name:14s} forward {f * 1e3:7.2f}   backward {b * 1e3:7.2f}")
-    net64 = small_fcn().astype(np.float64).eval()
-    for key, v in net64.params().items():     # biases off zero: keeps ReLUs off their kink
-        if key.endswith("bias"):
-            net64.set_param(key, rng.uniform(0.1, 0.3, v.shape))
-    errors = check_net(net64, {"data": x[:1, :, :20, :24].astype(np.float64),
-                               "label": y[:1, :20, :24]}, n_probe=5)
-    print(f"\nfloat64 gradient check, max relative error {max(errors.values()):.2e} "
-          f"over {len(errors)} arrays: {'OK' if max(errors.values()) < 1e-6 else 'FAILED'}")
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=2.5, help="training time budget")
+    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--device", choices=["numpy", "cpu", "cuda"], default="cpu")
+    ap.add_argument("--n-train", type=int, default=400)
+    ap.add_argument("--n-val", type=int, default=100)
+    ap.add_argument("--n-overlays", type=int, default=8)
+    a = ap.parse_args(argv)
+    if a.minutes <= 0 or min(a.n_train, a.n_val) < 1:
+        ap.error("--minutes, --n-train and --n-val must be positive")
+
+    train_set, val_set = synthetic_splits(a.n_train, a.n_val, seed=0, num_classes=NUM_CLASSES)
+    print(f"data: {len(train_set)} training and {len(val_set)} held-out synthetic images "
+          f"({', '.join(train_set.class_names)}), 64-96 px")
+    items = [train_set[i] for i in range(len(train_set))]     # generated once, kept in memory
+    net = models.fcn8s_tiny(num_classes=NUM_CLASSES).to(a.device)
+    print(f"model: fcn8s_tiny, {net.num_params():,} parameters, crops derived: "
+          + ", ".join(f"{n} {layer.offset}" for n, layer in net.layers.items()
+                      if type(layer).__name__ == "Crop"))
+    loader = Loader(items, batch_size=BATCH, crop=CROP, mirror=True, seed=0)
+    solver = train.Adam(net, lr=LR, weight_decay=5e-4)
+    trainer = train.Trainer(net, solver, loader, a.out, val_data=val_set,
+                            num_classes=NUM_CLASSES, checkpoint_interval=None)
+
+    budget = a.minutes * 60
+    start = time.perf_counter()
+    for _ in range(WARMUP):                  # the first steps also compile the kernels
+        trainer.step()
+    per_step = (time.perf_counter() - start) / WARMUP
+    iters = max(WARMUP + 1, int(budget / per_step * 0.9))   # 10% kept for validation
+    solver.policy, solver.max_iter = "poly", iters
+    trainer.val_interval = max(1, iters // 5)
+    print(f"training: Adam lr {LR}, batch {BATCH}, {CROP[0]}x{CROP[1]} crops with mirroring; "
+          f"{per_step * 1e3:.0f} ms/step here, so {iters} steps in {a.minutes:g} min")
+    status = trainer.run(iters, max_seconds=budget - (time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+
+    scores = train.evaluate(net, val_set, NUM_CLASSES)
+    print(f"\n{status} after {solver.iter} steps, {seconds:.0f} s of training. Held-out "
+          f"images:\n{metrics.format_table(scores, val_set.class_names)}")
+    folder = os.path.join(a.out, "overlays")
+    for i in range(min(a.n_overlays, len(val_set))):
+        img, label = val_set[i]
+        pred = train.predict(net, preprocess(img)[None])[0]
+        viz.save_overlay(img, pred, os.path.join(folder, f"val_{i:03d}.png"), truth=label)
+    print(f"\nwrote {a.out}/curves.png, {a.out}/log.jsonl, {a.out}/checkpoint.npz and "
+          f"{min(a.n_overlays, len(val_set))} overlays (image | truth | prediction) in {folder}")
+    print(f"next: minifcn eval --model fcn8s_tiny --num-classes {NUM_CLASSES} --weights "
+          f"{a.out}/checkpoint.npz --overlays {a.out}/eval")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
