@@ -18,21 +18,9 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from cuda_support import load_cuda  # noqa: E402
 
-def _load_cuda():
-    """Import the CUDA kernels, or skip this module with the reason."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and "numba.cuda" not in sys.modules:
-        from numba.core import config     # numba may have read the variable before it was set
-        if not config.ENABLE_CUDASIM:
-            config.reload_config()
-    try:
-        from minifcn.kernels import cuda as K
-    except ImportError as e:
-        pytest.skip(f"CUDA kernels unavailable: {e}", allow_module_level=True)
-    return K
-
-
-K = _load_cuda()
+K = load_cuda()
 from minifcn import layers as L  # noqa: E402
 from minifcn.cli import main  # noqa: E402
 from minifcn.gradcheck import check_net, rel_error  # noqa: E402
