@@ -164,16 +164,18 @@ def _col2im(col, n0, n1, c0, C, kh, kw, sh, sw, ph, pw, dh, dw, r0, r1, Wo, dx):
                         xrow[start + ow * uint64(sw)] += crow[src + ow]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
 def _channel_sums(a, out):
-    """out[c] = sum of a[:, c] (the bias gradient), accumulated in float64."""
+    """out[c] = sum of a[:, c] (the bias gradient), accumulated in float64; reassociation
+    lets the sum vectorise (4x faster on FCN's 21x544x544 upsampled scores)."""
     N, C, H, W = a.shape
     for c in prange(C):
         s = 0.0
         for n in range(N):
             for h in range(H):
+                row = a[n, c, h]
                 for w in range(W):
-                    s += a[n, c, h, w]
+                    s += row[w]
         out[c] = s
 
 

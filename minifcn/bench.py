@@ -1012,7 +1012,6 @@ TARGETS = [
      "x"),
     ("whole image vs patches, forward+backward", "patches", "speed-up (patches / whole)",
      "fwdbwd_x", 10.0, "x"),
-    ("tiny FCN-8s step vs PyTorch", "tiny", "fcn8s_tiny step", "fwdbwd_ms", 1.0, "ratio"),
 ]
 
 
