@@ -1,7 +1,8 @@
 """The fast routes of kernels/cpu.py, each forced on small shapes and compared with the numpy
-reference: Winograd F(2x2, 3x3) convolutions (forward, dx, dw), dx as a convolution of dout,
-the depthwise transposed convolution of a diagonal (bilinear) weight, the 2x2 max-pool kernel
-and its first-maximum-wins rule on ties, and scratch reuse across calls of different sizes.
+reference: Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (forward, dx, dw), dx as a
+convolution of dout, the depthwise transposed convolution of a diagonal (bilinear) weight,
+the 2x2 max-pool kernel and its first-maximum-wins rule on ties, and scratch reuse across
+calls of different sizes.
 On real sizes these routes are chosen by thresholds; here the thresholds are lowered so that
 tiny shapes take them."""
 import numpy as np
@@ -22,8 +23,9 @@ def close(a, b, dtype):
         np.testing.assert_allclose(u, v, rtol=0, atol=tol * scale)
 
 
-@pytest.fixture
-def winograd_everywhere(monkeypatch):
+@pytest.fixture(params=[(2,), (4,)], ids=["F2x2", "F4x4"])
+def winograd_everywhere(monkeypatch, request):
+    monkeypatch.setattr(cpu, "WINO_TILES", request.param)
     monkeypatch.setattr(cpu, "WINO_MIN_CHANNELS", 1)
     monkeypatch.setattr(cpu, "WINO_MIN_TOTAL_BLOCKS", 1)
     monkeypatch.setattr(cpu, "WINO_MIN_BLOCKS", 3)        # several tiles per image
