@@ -642,7 +642,7 @@ def _wino4_weight_grad_kernel(dU, dwt):
 WINO_BUDGET = 8 << 20       # bytes of the larger of V and M per tile
 WINO_MIN_BLOCKS = 1024      # ... but at least this many blocks: each GEMM stays wide
 WINO_MIN_CHANNELS = 16      # below this the thin GEMMs lose to one im2col GEMM
-WINO_MIN_TOTAL_BLOCKS = 150
+WINO_MIN_TOTAL_BLOCKS = {4: 100, 2: 150}   # blocks in the whole batch, per block size
 
 
 def _wino_tiles(N, TH, TW, chans, itemsize, nxi=16):
@@ -668,15 +668,15 @@ def _winograd_tile(w_shape, stride, dilation, groups, out_hw, N):
     (F(2x2, 3x3)), or 0 for im2col + GEMM. 3x3, stride 1, enough channels, and enough blocks
     for wide GEMMs: the largest block with WINO_MIN_TOTAL_BLOCKS of them. On VGG16 at 224
     (2 cores): F(4x4) from conv1_2 to conv3_3 (56x56: 196 blocks), F(2x2) at conv4 (28x28:
-    196 blocks), im2col at conv5 (14x14: 49 blocks), where its single GEMM is wider; on the
-    tiny FCN's batch of 8, Winograd from 16 channels (at 64x64, fwd 2.9 -> 2.0 ms) down to
-    16x16, im2col at 8x8."""
+    196 blocks), im2col at conv5 (14x14: 49 blocks), where its single GEMM is wider. On the
+    tiny FCN's batch of 8: F(4x4) from 16 channels at 64x64 (forward+backward 11.2 -> 5.7 ms)
+    down to 16x16 (128 blocks), im2col at 8x8 (F(2x2)'s 128 blocks lose to it)."""
     F, Cg, kh, kw = w_shape
     if (kh, kw) != (3, 3) or stride != (1, 1) or dilation != (1, 1) or \
             min(Cg, F // groups) < WINO_MIN_CHANNELS:
         return 0
     for m in WINO_TILES:
-        if _blocks(N, out_hw, m) >= WINO_MIN_TOTAL_BLOCKS:
+        if _blocks(N, out_hw, m) >= WINO_MIN_TOTAL_BLOCKS[m]:
             return m
     return 0
 

@@ -27,7 +27,7 @@ def close(a, b, dtype):
 def winograd_everywhere(monkeypatch, request):
     monkeypatch.setattr(cpu, "WINO_TILES", request.param)
     monkeypatch.setattr(cpu, "WINO_MIN_CHANNELS", 1)
-    monkeypatch.setattr(cpu, "WINO_MIN_TOTAL_BLOCKS", 1)
+    monkeypatch.setattr(cpu, "WINO_MIN_TOTAL_BLOCKS", {2: 1, 4: 1})
     monkeypatch.setattr(cpu, "WINO_MIN_BLOCKS", 3)        # several tiles per image
     monkeypatch.setattr(cpu, "WINO_BUDGET", 1)
 
