@@ -1082,7 +1082,7 @@ def _max_unpool(dout, argmax, dx):
         row, d, a = dx[p], dout[p], argmax[p]
         row[:] = 0
         for k in range(d.shape[0]):
-            row[a[k]] += d[k]
+            row[uint64(a[k])] += d[k]          # argmax >= 0: no wraparound test
 
 
 def max_pool2d(x, kernel, stride, pad, ceil_mode):

@@ -1,6 +1,6 @@
 """Benchmarks: `minifcn bench` times kernels, layers and whole nets, side by side with references.
 
-    minifcn bench                       # the full run (about 10 minutes on 2 cores)
+    minifcn bench                       # the full run (about 7 minutes on 2 cores)
     minifcn bench --quick               # seconds, tiny shapes (what the tests run)
     minifcn bench --device cuda         # our CUDA kernels (with the numpy reference beside)
     minifcn bench --json out.json --markdown out.md
@@ -21,7 +21,12 @@ Implementations side by side: our devices ("cpu" Numba, "numpy" the reference, "
 PyTorch ("torch") when it is installed. PyTorch always runs in a separate process, so that
 neither library's thread pools nor environment (OMP_WAIT_POLICY, thread counts) touch the
 other's; the command still produces one report. Timing: warm-up calls (JIT, caches), then
-the median of several runs; every run is kept in the JSON.
+the median of several runs; every run is kept in the JSON. Each section runs in --rounds
+rounds (2 by default), ours and PyTorch's interleaved, and each figure keeps its best round:
+shared or burstable machines change speed over minutes (the 2-core machine these figures come
+from ran 1.6x slower after a minute of sustained load), and interleaving keeps the two sides
+from being measured in different phases. A full run takes about 7 minutes on 2 cores; the
+numpy reference is timed on smaller VGG inputs (112x112), and not on the full-size nets.
 
 Every report carries the machine: CPU, cores, thread counts, Numba's threading layer, and the
 BLAS numpy calls (threadpoolctl) -- on some machines an OPENBLAS_CORETYPE setting silently
@@ -105,6 +110,9 @@ def machine_info():
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
                                       "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
                                       "NUMBA_THREADING_LAYER") if k in os.environ}
+    cpu_mod = sys.modules.get("minifcn.kernels.cpu")
+    if "OMP_WAIT_POLICY" in env and cpu_mod and not cpu_mod._USER_WAIT_POLICY:
+        env["OMP_WAIT_POLICY"] += " (set by minifcn's cpu kernels)"
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__,
@@ -439,7 +447,20 @@ def bench_patches_ours(impl, cfg):
                  "shape": f"{out.shape[2]}x{out.shape[3]} grid",
                  "fwd_x": res["patches"][0]["median"] / res["whole"][0]["median"],
                  "fwdbwd_x": res["patches"][1]["median"] / res["whole"][1]["median"]})
+    # what the arithmetic allows: forward multiply-adds of the two (the fully connected layers
+    # do the same work either way: 100 patches or a 10x10 grid)
+    clf.forward(data=batches[0])
+    f_p = net_flops(clf, _shapes(clf)) * len(patches) / len(batches[0])
+    fcn.forward(data=whole)
+    f_w = net_flops(fcn, _shapes(fcn))
+    rows.append({"section": "patches", "op": "FLOP ratio (patches / whole)", "impl": impl,
+                 "shape": f"{f_p / 1e9:.0f} / {f_w / 1e9:.1f} GFLOP", "fwd_x": f_p / f_w,
+                 "fwdbwd_x": f_p / f_w})
     return rows
+
+
+def _shapes(net):
+    return {k: tuple(v.shape) for k, v in net.blobs.items() if hasattr(v, "shape")}
 
 
 # ----------------------------------------------------------------------------- tiny (demo)
@@ -1339,7 +1360,8 @@ def report(results):
                    f"relative).")
     titles = {"convs": "VGG16 convolutions (224x224, batch 1)",
               "pools": "VGG16 max-pools (2x2 stride 2)",
-              "deconvs": "Upsampling deconvolutions (bilinear weight; frozen: dx only)",
+              "deconvs": "Upsampling deconvolutions (bilinear weight; frozen: dx only; GFLOP/s "
+                         "counts the dense product PyTorch computes -- ours skips the zeros)",
               "loss": "Softmax loss", "fcn": "FCN-8s (VGG16), batch 1",
               "memory": "Peak memory of a training step (fresh process each)",
               "patches": "Section 3.1: classifier on patches vs FCN on the whole image",
