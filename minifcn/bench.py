@@ -47,7 +47,7 @@ import time
 import numpy as np
 
 from . import functional as F
-from .kernels.geometry import conv_out, deconv_out
+from .kernels.geometry import deconv_out
 
 # VGG16's 13 convolutions as (name, C_in, C_out, downsampling) and its 5 pools.
 VGG16_CONVS = [("conv1_1", 3, 64, 1), ("conv1_2", 64, 64, 1), ("conv2_1", 64, 128, 2),
@@ -707,7 +707,9 @@ def torch_worker(cfg, sections, threads=None, check=True):
     fn = torch.nn.functional
     out = {"info": torch_info()}
     rng = np.random.default_rng(0)
-    T = lambda a, grad=False: torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(grad)  # noqa: E731
+
+    def T(a, grad=False):
+        return torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(grad)
     impl = TORCH
     if check:
         out["mirror_check"] = mirror_check(torch)
