@@ -81,6 +81,8 @@ class Layer:
         return out if isinstance(out, tuple) else (out,)
 
     def backward(self, dtops, need, accumulate=False):
+        if not accumulate:    # the new gradients replace the old: free those first (peak memory)
+            self.grads.update({p: None for p in self.grads if self.trainable(p)})
         out = self._backward(dtops, need, accumulate)
         return out if isinstance(out, tuple) else (out,)
 
