@@ -640,14 +640,17 @@ def _wino4_weight_grad_kernel(dU, dwt):
 
 
 WINO_BUDGET = 8 << 20       # bytes of the larger of V and M per tile
-WINO_MIN_BLOCKS = 1024      # ... but at least this many blocks: each GEMM stays wide
+WINO_MIN_BLOCKS = 1024      # ... but at least this many blocks: each GEMM stays wide,
+WINO_MAX_BYTES = 64 << 20   # ... as long as V and M stay under this (they are kept: memory;
+#                             16 MB saved only 14 MB of FCN-8s's step peak, for 10% on conv3-4)
 WINO_MIN_CHANNELS = 16      # below this the thin GEMMs lose to one im2col GEMM
 WINO_MIN_TOTAL_BLOCKS = {4: 100, 2: 150}   # blocks in the whole batch, per block size
 
 
 def _wino_tiles(N, TH, TW, chans, itemsize, nxi=16):
     """Like _tiles, in blocks: (n0, n1, ty0, ty1); nxi transformed planes (16 or 36)."""
-    blocks = max(WINO_BUDGET // (nxi * chans * itemsize), WINO_MIN_BLOCKS)
+    per_block = nxi * chans * itemsize
+    blocks = max(WINO_BUDGET // per_block, min(WINO_MIN_BLOCKS, WINO_MAX_BYTES // per_block), 1)
     rows = max(1, blocks // TW)
     if rows >= TH:
         per = max(1, rows // TH)
@@ -758,9 +761,10 @@ def _wino_dw(dout, x, w_shape, pad, groups, m=2):
             dst = dU[:, g * Fg:(g + 1) * Fg]
             if first:
                 np.matmul(D, V.transpose(0, 2, 1), out=dst)
-            else:
-                tmp = _scratch_matrix("dw", nxi, Fg * Cg, x.dtype).reshape(nxi, Fg, Cg)
-                dst += np.matmul(D, V.transpose(0, 2, 1), out=tmp)
+            else:                            # one transformed plane at a time: small scratch
+                tmp = _scratch_matrix("dw", Fg, Cg, x.dtype)
+                for xi in range(nxi):
+                    dst[xi] += np.matmul(D[xi], V[xi].T, out=tmp)
         first = False
     if m == 2:
         dw = np.empty(w_shape, dtype=x.dtype)
