@@ -85,7 +85,9 @@ def _tiles(N, Ho, Wo, K, itemsize):
 # Scratch matrices (im2col tiles, GEMM results) are kept between calls and reused: allocating
 # a fresh 4-100 MB array per call costs a page fault per 4 KB page, which on VGG16's first
 # layers took as long as the copy itself. One set per thread; nothing returned ever points
-# into them.
+# into them. Three slots, shared by whatever runs one after the other (their memory counts in
+# every later step's peak): "a" an input-side matrix (im2col columns, Winograd's V), "b" an
+# output-side one (a GEMM result, Winograd's M or D), "c" a partial weight gradient.
 _scratch = threading.local()
 
 
@@ -209,7 +211,7 @@ def _gemm_into(a, b, out, n0, n1, c0, C, r0, r1, bias=None):
         if bias is not None:
             dst += bias[:, None]
         return
-    res = np.matmul(a, b, out=_scratch_matrix("gemm", a.shape[0], b.shape[1], out.dtype))
+    res = np.matmul(a, b, out=_scratch_matrix("b", a.shape[0], b.shape[1], out.dtype))
     if bias is not None:
         res += bias[:, None]
     out[n0:n1, c0:c0 + C] = res.reshape(C, n1 - n0, out.shape[2], out.shape[3]).transpose(
@@ -725,8 +727,8 @@ def _wino_conv(x, w, b, pad, groups, Ho, Wo, m=2, transpose=False):
     win, wout = (_wino_in, _wino_out) if m == 2 else (_wino4_in, _wino4_out)
     for n0, n1, ty0, ty1 in _wino_tiles(N, TH, TW, max(Cg, Fg), x.itemsize, nxi):
         T = (n1 - n0) * (ty1 - ty0) * TW
-        V = _scratch_matrix("wv", nxi, Cg * T, x.dtype).reshape(nxi, Cg, T)
-        M = _scratch_matrix("wm", nxi, Fg * T, x.dtype).reshape(nxi, Fg, T)
+        V = _scratch_matrix("a", nxi, Cg * T, x.dtype).reshape(nxi, Cg, T)
+        M = _scratch_matrix("b", nxi, Fg * T, x.dtype).reshape(nxi, Fg, T)
         for g in range(groups):
             win(x, n0, n1, g * Cg, Cg, pad[0], pad[1], ty0, ty1, TW, V)
             if transpose:
@@ -753,8 +755,8 @@ def _wino_dw(dout, x, w_shape, pad, groups, m=2):
     first = True
     for n0, n1, ty0, ty1 in _wino_tiles(N, TH, TW, max(Cg, Fg), x.itemsize, nxi):
         T = (n1 - n0) * (ty1 - ty0) * TW
-        V = _scratch_matrix("wv", nxi, Cg * T, x.dtype).reshape(nxi, Cg, T)
-        D = _scratch_matrix("wm", nxi, Fg * T, x.dtype).reshape(nxi, Fg, T)
+        V = _scratch_matrix("a", nxi, Cg * T, x.dtype).reshape(nxi, Cg, T)
+        D = _scratch_matrix("b", nxi, Fg * T, x.dtype).reshape(nxi, Fg, T)
         for g in range(groups):
             win(x, n0, n1, g * Cg, Cg, pad[0], pad[1], ty0, ty1, TW, V)
             wdout(dout, n0, n1, g * Fg, Fg, ty0, ty1, TW, D)
@@ -762,7 +764,7 @@ def _wino_dw(dout, x, w_shape, pad, groups, m=2):
             if first:
                 np.matmul(D, V.transpose(0, 2, 1), out=dst)
             else:                            # one transformed plane at a time: small scratch
-                tmp = _scratch_matrix("dw", Fg, Cg, x.dtype)
+                tmp = _scratch_matrix("c", Fg, Cg, x.dtype)
                 for xi in range(nxi):
                     dst[xi] += np.matmul(D[xi], V[xi].T, out=tmp)
         first = False
@@ -796,7 +798,7 @@ def conv2d(x, w, b, stride, pad, dilation, groups):
             if pointwise:
                 col = _as_cols(x, n0, n1, g * Cg, Cg, r0, r1)
             else:
-                col = _scratch_matrix("col", K, m, x.dtype)
+                col = _scratch_matrix("a", K, m, x.dtype)
                 _im2col(x, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0, r1, Wo, col)
             _gemm_into(wmat[g * Fg:(g + 1) * Fg], col, y, n0, n1, g * Fg, Fg, r0, r1,
                        None if b is None else b[g * Fg:(g + 1) * Fg])
@@ -866,20 +868,20 @@ def conv2d_backward(dout, x, w, stride, pad, dilation, groups, need_dx=True, nee
                 if pointwise:
                     col = _as_cols(x, n0, n1, g * Cg, Cg, r0, r1)
                 else:
-                    col = _scratch_matrix("col", K, m, x.dtype)
+                    col = _scratch_matrix("a", K, m, x.dtype)
                     _im2col(x, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0, r1, Wo,
                             col)
                 dst = dwm[g * Fg:(g + 1) * Fg]
                 if first:
                     np.matmul(d, col.T, out=dst)
                 else:
-                    dst += np.matmul(d, col.T, out=_scratch_matrix("dw", Fg, K, w.dtype))
+                    dst += np.matmul(d, col.T, out=_scratch_matrix("c", Fg, K, w.dtype))
             if need_dx and dx_pad is None:
                 wg = wmat[g * Fg:(g + 1) * Fg]
                 if pointwise:
                     _gemm_into(wg.T, d, dx, n0, n1, g * Cg, Cg, r0, r1)
                 else:
-                    dcol = np.matmul(wg.T, d, out=_scratch_matrix("col", K, m, x.dtype))
+                    dcol = np.matmul(wg.T, d, out=_scratch_matrix("a", K, m, x.dtype))
                     _col2im(dcol, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0,
                             r1, Wo, dx)
         first = False
@@ -977,7 +979,7 @@ def conv_transpose2d(x, w, b, stride, pad):
         for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
             m = (n1 - n0) * (r1 - r0) * W
             col = np.matmul(wmat_t, _as_cols(x, n0, n1, 0, C, r0, r1),
-                            out=_scratch_matrix("col", K, m, x.dtype))
+                            out=_scratch_matrix("a", K, m, x.dtype))
             _col2im(col, n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1, W, y)
     if b is not None:
         y += b.reshape(1, F, 1, 1)
@@ -1005,7 +1007,7 @@ def conv_transpose2d_backward(dout, x, w, stride, pad, need_dx=True, need_dw=Tru
         first = True
         for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
             m = (n1 - n0) * (r1 - r0) * W
-            col = _scratch_matrix("col", K, m, x.dtype)
+            col = _scratch_matrix("a", K, m, x.dtype)
             _im2col(dout, n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1, W, col)
             if dense_dx:
                 _gemm_into(wmat, col, dx, n0, n1, 0, C, r0, r1)
@@ -1014,7 +1016,7 @@ def conv_transpose2d_backward(dout, x, w, stride, pad, need_dx=True, need_dw=Tru
                 if first:
                     np.matmul(xc, col.T, out=dwm)
                 else:
-                    dwm += np.matmul(xc, col.T, out=_scratch_matrix("dw", C, K, w.dtype))
+                    dwm += np.matmul(xc, col.T, out=_scratch_matrix("c", C, K, w.dtype))
             first = False
     return dx, (dwm.reshape(w.shape) if need_dw else None), _bias_grad(dout)
 
