@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import threading
 
 import numpy as np
 
@@ -32,6 +34,44 @@ if not cuda.is_available():
 
 if SIM:
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as _SimArray
+
+
+def _lock_simulator_shared_arrays():
+    """Make the simulator's cuda.shared.array thread-safe.
+
+    The simulator gives the threads of a block one array per source line that asks for one,
+    looked up in a dict: `get`, and if missing, `np.empty` then store. That check-then-set is
+    not locked, so when the interpreter switches threads between the two (more likely on a busy
+    machine), two threads of one block each make their own "shared" array, and a correct kernel
+    (our tiled GEMM) returns a wrong product now and then. Found as a flaky CI failure: a cuda
+    training step differing from the cpu one by 2e-3, one run in tens. The replacement does the
+    same lookup, keyed the same way (file and line of the caller), under a lock; dynamic shared
+    memory (shape 0) is left to the original, which has no such race."""
+    from numba.cuda.simulator import kernelapi
+    cls = kernelapi.FakeCUDAShared
+    if getattr(cls.array, "_minifcn_locked", False):
+        return
+    unlocked, lock = cls.array, threading.Lock()
+
+    def array(self, shape, dtype):
+        if shape == 0 or not isinstance(getattr(self, "_allocations", None), dict):
+            return unlocked(self, shape, dtype)
+        if not isinstance(dtype, np.dtype):
+            dtype = kernelapi.numpy_support.as_dtype(dtype) \
+                if isinstance(dtype, kernelapi.types.Type) else np.dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+    array._minifcn_locked = True
+    cls.array = array
+
+
+if SIM:
+    _lock_simulator_shared_arrays()
 
 # Threads per block of the 1-D elementwise kernels, and the most blocks one launch asks for.
 # A real GPU gets enough blocks to fill every SM several times over (more would only add

@@ -79,6 +79,41 @@ def test_import_without_cuda_says_why():
     assert "NUMBA_ENABLE_CUDASIM" in line or "numba-cuda" in line, line
 
 
+def test_simulator_shared_array_is_one_per_block(monkeypatch):
+    """In the simulator, every thread of a block that asks for a shared array on one line gets
+    the same array, even when the threads ask at the same moment. Numba's own allocator looks
+    the array up and creates it without a lock, so two threads could each make their own; that
+    made the GEMM (and a cuda training step) wrong now and then on a busy machine.
+    kernels/cuda_util.py installs a locked allocator; here np.empty is made slow, so without
+    the lock every thread would find no array and make one."""
+    if not K.SIM:
+        pytest.skip("a real GPU has real shared memory")
+    import threading
+    import time
+
+    from numba.cuda.simulator import kernelapi
+    empty = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.02)
+        return empty(*args, **kwargs)
+    monkeypatch.setattr(np, "empty", slow_empty)
+    shared, got, start = kernelapi.FakeCUDAShared(0), [], threading.Barrier(8)
+
+    def thread():
+        start.wait()
+        got.append(shared.array((4,), np.float64))     # one line: one shared array
+        got.append(shared.array((2,), np.float32))     # another line: another array
+    threads = [threading.Thread(target=thread) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    firsts = {id(a) for a in got if a.shape == (4,)}
+    seconds = {id(a) for a in got if a.shape == (2,)}
+    assert len(got) == 16 and len(firsts) == 1 and len(seconds) == 1 and firsts != seconds
+
+
 # ----------------------------------------------------------------------------- GEMM
 @pytest.fixture(params=["as configured", "GPU layout"])
 def gemm_tiles(request, monkeypatch):
