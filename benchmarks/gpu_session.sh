@@ -11,8 +11,16 @@ PY=${PY:-python3}
 mkdir -p "$OUT"
 export NUMBA_ENABLE_CUDASIM=${NUMBA_ENABLE_CUDASIM:-0} PYTHONUNBUFFERED=1
 # Without `pip install`, give Python the layout pip's package_dir makes (kernels/ ->
-# minifcn.kernels).
+# minifcn.kernels), and the repository on the path (scripts in benchmarks/ import minifcn).
 $PY -c "import minifcn.kernels" 2>/dev/null || ln -sfn ../kernels minifcn/kernels
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Wheels carried in .whl/ (the machine has no network) go first on the path. Seen needed: an
+# image with numba 0.68.0 beside numpy 2.5, which numba's CPU target cannot import
+# ("module 'numpy' has no attribute 'row_stack'"); a numpy 2.4 wheel fixes it.
+if ls .whl/*.whl > /dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 
 {
     date -u
@@ -21,6 +29,7 @@ $PY -c "import minifcn.kernels" 2>/dev/null || ln -sfn ../kernels minifcn/kernel
     $PY -c "import sys, numpy, numba; print('python', sys.version.split()[0], '| numpy', \
 numpy.__version__, '| numba', numba.__version__)"
     $PY -m pip list 2>/dev/null | grep -i -E "^(numba|numba-cuda|cupy|torch|llvmlite) "
+    $PY -c "import numba; print('numba cpu target works:', numba.njit(lambda: 1)() == 1)"
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== gpu_check"

@@ -131,8 +131,24 @@ def to_device(a):
             return a
         # A strided view (someone sliced a device array): rare, so take the plain route of a
         # host round trip rather than a strided-copy kernel for every rank.
-        return cuda.to_device(np.ascontiguousarray(a.copy_to_host()))
-    return cuda.to_device(np.ascontiguousarray(a))
+        return cuda.to_device(_c_layout(a.copy_to_host()))
+    return cuda.to_device(_c_layout(a))
+
+
+def _c_layout(a):
+    """`a` C-contiguous with the textbook strides. NumPy gives an axis of length 1 any stride
+    (label[None] has stride 0 there) and still calls the array contiguous; a device array
+    copies those strides, and then numba-cuda's reshape (our flat()) refuses it on a GPU
+    ("operation requires copying"), while the simulator's, being NumPy's, does not mind."""
+    a = np.ascontiguousarray(a)
+    strides, step = [], a.itemsize
+    for n in reversed(a.shape):
+        strides.append(step)
+        step *= n
+    strides = tuple(reversed(strides))
+    if a.strides != strides:
+        a = np.lib.stride_tricks.as_strided(a, a.shape, strides)   # same bytes, no copy
+    return a
 
 
 def to_host(a):

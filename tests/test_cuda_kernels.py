@@ -56,6 +56,13 @@ def test_device_helpers(rng):
     t = K.to_device(a.T)
     assert t.is_c_contiguous() and tuple(t.shape) == (3, 2)
     np.testing.assert_array_equal(K.to_host(t), a.T)
+    # label[None] has stride 0 on its new axis; numba-cuda's reshape refuses such an array
+    # on a GPU (the simulator's does not), so it must arrive with the textbook strides.
+    lab = np.asarray(rng.integers(0, 3, (5, 7)), dtype=np.int32)[None]
+    assert lab.strides[0] == 0 or lab.strides[0] == lab.nbytes
+    d = K.to_device(lab)
+    assert tuple(d.strides) == (140, 28, 4)
+    np.testing.assert_array_equal(K.to_host(K.flat(d)), lab.ravel())
 
 
 def test_dispatch_table_finds_every_op():
