@@ -199,8 +199,15 @@ def gemm_section(b, cfg):
         ref, ref_name = (lambda: a @ bb), "numpy"
     else:
         ref, ref_name = blas, blas_name
-    b.case("gemm", "gemm A@B", shape, lambda: b.K.gemm(da, db, dc), ref, flops, ref_name,
-           ref_repeat=b.repeat)
+    from minifcn.kernels import cuda_gemm
+    for tm in (cuda_gemm.TM_SMALL, cuda_gemm.TM_LARGE):     # each micro-tile, then the choice
+        cuda_gemm.FORCE_TM = tm
+        bm = cuda_gemm.TPB * tm
+        try:
+            b.case("gemm", f"gemm A@B {tm}x{tm}/thread {bm}x{bm}/block", shape,
+                   lambda: b.K.gemm(da, db, dc), ref, flops, ref_name, ref_repeat=b.repeat)
+        finally:
+            cuda_gemm.FORCE_TM = None
     dat, dbt = b.K.to_device(np.ascontiguousarray(a.T)), b.K.to_device(np.ascontiguousarray(bb.T))
     b.case("gemm", "gemm A^T@B", shape, lambda: b.K.gemm(dat, db, dc, trans_a=True),
            lambda: a @ bb, flops, "numpy", ref_repeat=0)

@@ -10,9 +10,9 @@ batch, without a single copy, and keeps one compiled kernel per dtype whatever t
 
 How the kernel works (the classic shared-memory blocking, as in the CUDA programming guide
 and llm.c / siboehm's SGEMM notes):
-  * each block owns a BM x BN tile of C; its TPB x TPB threads each own a TM x TN micro-tile
-    of that, kept in registers (16 accumulators: several outputs per thread means each value
-    loaded from shared memory is used TM or TN times, not once);
+  * each block owns a BM x BN tile of C; its TPB x TPB threads each own a TM x TM micro-tile
+    of that, kept in registers (16 or 64 accumulators: several outputs per thread means each
+    value loaded from shared memory is used TM times, not once);
   * the K dimension is walked BK at a time: the block copies a BK x BM slab of op(A) and a
     BK x BN slab of op(B) into shared memory (coalesced: consecutive threads read consecutive
     addresses of the matrix as stored, whichever way it is transposed), synchronises, and every
@@ -28,61 +28,80 @@ Not done (measure first): double-buffered slabs, vectorised float4 loads, tensor
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+
 from .cuda_util import SIM, cuda, empty, flat, launch, sm_count, to_device, typed
 
-TM = TN = 4           # micro-tile of C per thread (16 accumulators in registers)
 BK = 8                # depth of one shared-memory slab
 TPB = 16              # threads per block along each axis (TPB x TPB = 256 threads)
 # The simulator pays for every thread it starts, so there the same kernel runs 4x4 threads
-# per block (16x16 tiles of C). tests/test_cuda_kernels.py also runs the GPU's 16x16 layout.
+# per block. tests/test_cuda_kernels.py also runs the GPU's 16x16 layout.
 if SIM:
     TPB = 4
-BM = BN = TPB * TM    # block tile of C: 64 x 64 on a GPU
+# Two micro-tiles (TM x TM outputs of C per thread): 8x8 makes 128x128 block tiles on a GPU,
+# each value read from shared memory used 8 times (16 shared loads per 64 FMAs, against 8 per
+# 16 with 4x4), but a small product then has too few tiles to keep every SM busy; there 4x4
+# (64x64 tiles) makes four times as many blocks. gemm_raw takes 8x8 when its tiles still give
+# every SM LARGE_MIN_BLOCKS_PER_SM blocks of work.
+TM_LARGE, TM_SMALL = 8, 4
+LARGE_MIN_BLOCKS_PER_SM = 2
+FORCE_TM = None       # tests and benchmarks pin one micro-tile here
 MAX_BLOCKS = 4 if SIM else 65535   # a grid this size covers a 4096^2 C; bigger ones stride
 
 
-# 128 registers a thread leave room for two 256-thread blocks per SM; ptxas (sm_90) keeps
-# the kernel within that without spilling (it takes ~168 when left alone).
-_GEMM_JIT = {} if SIM else {"max_registers": 128}
+def _registers(tm):
+    """ptxas register cap: with 4x4 (16 accumulators), 128 leaves room for two 256-thread
+    blocks per SM, no spills (it takes ~168 when left alone); 8x8 holds 64 accumulators and
+    8 + 8 operands, and gets the most a thread may have."""
+    return {} if SIM else {"max_registers": 128 if tm <= 4 else 255}
 
 
-@typed
-def _gemm_kernel(T):
-    @cuda.jit(**_GEMM_JIT)
+@functools.cache
+def _gemm_kernel(dtype, tpb, tm, bk):
+    """The kernel for one dtype and shape (TPB x TPB threads, TM x TM outputs each, BK-deep
+    slabs): the shape is closed over, so the compiler sees constants and unrolls."""
+    T = np.dtype(dtype).type
+    tn = tm
+    bm = bn = tpb * tm
+    nthreads = tpb * tpb
+
+    @cuda.jit(**_registers(tm))
     def gemm(M, N, K, nbatch,
              A, a_off, lda, a_bs, trans_a,
              B, b_off, ldb, b_bs, trans_b,
              C, c_off, ldc, c_bs, accumulate):
-        sA = cuda.shared.array((BK, BM), T)      # sA[k, m] = op(A)[m0 + m, k0 + k]
-        sB = cuda.shared.array((BK, BN), T)      # sB[k, n] = op(B)[k0 + k, n0 + n]
-        acc = cuda.local.array((TM, TN), T)
-        a_reg = cuda.local.array(TM, T)
-        b_reg = cuda.local.array(TN, T)
+        sA = cuda.shared.array((bk, bm), T)      # sA[k, m] = op(A)[m0 + m, k0 + k]
+        sB = cuda.shared.array((bk, bn), T)      # sB[k, n] = op(B)[k0 + k, n0 + n]
+        acc = cuda.local.array((tm, tn), T)
+        a_reg = cuda.local.array(tm, T)
+        b_reg = cuda.local.array(tn, T)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        tid = ty * TPB + tx
+        tid = ty * tpb + tx
         zero = T(0)
-        tiles_m = (M + BM - 1) // BM
-        tiles_n = (N + BN - 1) // BN
+        tiles_m = (M + bm - 1) // bm
+        tiles_n = (N + bn - 1) // bn
         for tile in range(cuda.blockIdx.x, nbatch * tiles_m * tiles_n, cuda.gridDim.x):
             b = tile // (tiles_m * tiles_n)
-            m0 = (tile // tiles_n) % tiles_m * BM
-            n0 = tile % tiles_n * BN
+            m0 = (tile // tiles_n) % tiles_m * bm
+            n0 = tile % tiles_n * bn
             a0 = a_off + b * a_bs
             b0 = b_off + b * b_bs
-            for i in range(TM):
-                for j in range(TN):
+            for i in range(tm):
+                for j in range(tn):
                     acc[i, j] = zero
-            for k0 in range(0, K, BK):
+            for k0 in range(0, K, bk):
                 # Stage the slabs. The index order follows the stored layout so that
                 # neighbouring threads read neighbouring addresses.
-                for l in range(tid, BK * BM, TPB * TPB):
+                for l in range(tid, bk * bm, nthreads):
                     if trans_a:                  # A stored K x M: walk along m
-                        kk = l // BM
-                        mm = l - kk * BM
+                        kk = l // bm
+                        mm = l - kk * bm
                     else:                        # A stored M x K: walk along k
-                        mm = l // BK
-                        kk = l - mm * BK
+                        mm = l // bk
+                        kk = l - mm * bk
                     gm = m0 + mm
                     gk = k0 + kk
                     v = zero
@@ -92,13 +111,13 @@ def _gemm_kernel(T):
                         else:
                             v = A[a0 + gm * lda + gk]
                     sA[kk, mm] = v
-                for l in range(tid, BK * BN, TPB * TPB):
+                for l in range(tid, bk * bn, nthreads):
                     if trans_b:                  # B stored N x K: walk along k
-                        nn = l // BK
-                        kk = l - nn * BK
+                        nn = l // bk
+                        kk = l - nn * bk
                     else:                        # B stored K x N: walk along n
-                        kk = l // BN
-                        nn = l - kk * BN
+                        kk = l // bn
+                        nn = l - kk * bn
                     gn = n0 + nn
                     gk = k0 + kk
                     v = zero
@@ -109,27 +128,35 @@ def _gemm_kernel(T):
                             v = B[b0 + gk * ldb + gn]
                     sB[kk, nn] = v
                 cuda.syncthreads()
-                for kk in range(BK):             # BK rank-1 updates of the micro-tile
-                    for i in range(TM):
-                        a_reg[i] = sA[kk, ty + i * TPB]
-                    for j in range(TN):
-                        b_reg[j] = sB[kk, tx + j * TPB]
-                    for i in range(TM):
-                        for j in range(TN):
+                for kk in range(bk):             # BK rank-1 updates of the micro-tile
+                    for i in range(tm):
+                        a_reg[i] = sA[kk, ty + i * tpb]
+                    for j in range(tn):
+                        b_reg[j] = sB[kk, tx + j * tpb]
+                    for i in range(tm):
+                        for j in range(tn):
                             acc[i, j] += a_reg[i] * b_reg[j]
                 cuda.syncthreads()               # the slabs are overwritten next round
             c0 = c_off + b * c_bs
-            for i in range(TM):
-                r = m0 + ty + i * TPB
+            for i in range(tm):
+                r = m0 + ty + i * tpb
                 if r < M:
-                    for j in range(TN):
-                        c = n0 + tx + j * TPB
+                    for j in range(tn):
+                        c = n0 + tx + j * tpb
                         if c < N:
                             if accumulate:
                                 C[c0 + r * ldc + c] += acc[i, j]
                             else:
                                 C[c0 + r * ldc + c] = acc[i, j]
     return gemm
+
+
+def _micro_tile(M, N, nbatch):
+    if FORCE_TM is not None:
+        return FORCE_TM
+    big = TPB * TM_LARGE
+    tiles = nbatch * -(-M // big) * -(-N // big)
+    return TM_LARGE if tiles >= LARGE_MIN_BLOCKS_PER_SM * sm_count() else TM_SMALL
 
 
 def gemm_raw(M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, *, trans_a=False,
@@ -142,12 +169,14 @@ def gemm_raw(M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, *, trans_a=Fa
     with few tiles of C and a long K is split along K (see below) unless split=False."""
     if M <= 0 or N <= 0 or nbatch <= 0:
         return
-    tiles = nbatch * -(-M // BM) * -(-N // BN)
+    tm = _micro_tile(M, N, nbatch)
+    bm = TPB * tm
+    tiles = nbatch * -(-M // bm) * -(-N // bm)
     splits = _splits(tiles, K) if split and nbatch == 1 else 1
     if splits > 1:
         return _gemm_split_k(splits, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc,
                              trans_a, trans_b, accumulate)
-    _gemm_kernel(C.dtype)[min(tiles, MAX_BLOCKS), (TPB, TPB)](
+    _gemm_kernel(C.dtype, TPB, tm, BK)[min(tiles, MAX_BLOCKS), (TPB, TPB)](
         M, N, K, nbatch, A, a_off, lda, a_bs, bool(trans_a), B, b_off, ldb, b_bs,
         bool(trans_b), C, c_off, ldc, c_bs, bool(accumulate))
 

@@ -122,16 +122,27 @@ def test_simulator_shared_array_is_one_per_block(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- GEMM
-@pytest.fixture(params=["as configured", "GPU layout"])
+@pytest.fixture(params=[("as configured", 4), ("as configured", 8), ("GPU layout", 4),
+                        ("GPU layout", 8)], ids=lambda p: f"{p[0]} {p[1]}x{p[1]}")
 def gemm_tiles(request, monkeypatch):
-    """The GEMM as configured (in the simulator: 4x4 threads, 16x16 tiles), then, in the
-    simulator, the GPU's layout too (16x16 threads, 64x64 tiles)."""
-    if request.param == "GPU layout":
+    """The GEMM with each micro-tile (4x4 and 8x8 outputs per thread) as configured (in the
+    simulator: 4x4 threads), then, in the simulator, in the GPU's layout too (16x16 threads:
+    64x64 and 128x128 tiles of C)."""
+    layout, tm = request.param
+    if layout == "GPU layout":
         if not K.SIM:
             pytest.skip("the GPU layout is the configured one")
         monkeypatch.setattr(cuda_gemm, "TPB", 16)
-        monkeypatch.setattr(cuda_gemm, "BM", 64)
-        monkeypatch.setattr(cuda_gemm, "BN", 64)
+    monkeypatch.setattr(cuda_gemm, "FORCE_TM", tm)
+
+
+def test_gemm_micro_tile_choice(monkeypatch):
+    """8x8 micro-tiles while the product still gives every SM two blocks, else 4x4."""
+    monkeypatch.setattr(cuda_gemm, "sm_count", lambda: 4)
+    big = cuda_gemm.TPB * cuda_gemm.TM_LARGE
+    assert cuda_gemm._micro_tile(8 * big, big, 1) == cuda_gemm.TM_LARGE      # 8 tiles
+    assert cuda_gemm._micro_tile(4 * big, big, 2) == cuda_gemm.TM_LARGE      # 2 x 4 tiles
+    assert cuda_gemm._micro_tile(7 * big, big, 1) == cuda_gemm.TM_SMALL      # 7 < 2 x 4
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
