@@ -152,11 +152,14 @@ def _gemm_kernel(dtype, tpb, tm, bk):
 
 
 def _micro_tile(M, N, nbatch):
+    """8x8 when C is at least one big tile each way (conv1's 64 filters in a 128-row tile
+    would leave half the threads multiplying zeros) and there are enough tiles; else 4x4."""
     if FORCE_TM is not None:
         return FORCE_TM
     big = TPB * TM_LARGE
     tiles = nbatch * -(-M // big) * -(-N // big)
-    return TM_LARGE if tiles >= LARGE_MIN_BLOCKS_PER_SM * sm_count() else TM_SMALL
+    fits = M >= big and N >= big
+    return TM_LARGE if fits and tiles >= LARGE_MIN_BLOCKS_PER_SM * sm_count() else TM_SMALL
 
 
 def gemm_raw(M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, *, trans_a=False,

@@ -143,6 +143,7 @@ def test_gemm_micro_tile_choice(monkeypatch):
     assert cuda_gemm._micro_tile(8 * big, big, 1) == cuda_gemm.TM_LARGE      # 8 tiles
     assert cuda_gemm._micro_tile(4 * big, big, 2) == cuda_gemm.TM_LARGE      # 2 x 4 tiles
     assert cuda_gemm._micro_tile(7 * big, big, 1) == cuda_gemm.TM_SMALL      # 7 < 2 x 4
+    assert cuda_gemm._micro_tile(big // 2, 100 * big, 1) == cuda_gemm.TM_SMALL  # half empty
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
