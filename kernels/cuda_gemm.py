@@ -6,7 +6,8 @@ convolution (forward, both backwards, and the transposed convolution).
 Arrays are passed the BLAS way: a flat buffer, an offset, a leading dimension (the row stride
 of the row-major matrix as stored) and a batch stride. That lets the convolution driver point
 the GEMM at a group's slice of the weights, a tile of output rows inside y, or one image of a
-batch, without a single copy, and keeps one compiled kernel per dtype whatever the views.
+batch, without a single copy, and keeps one compiled kernel per dtype and micro-tile
+whatever the views.
 
 How the kernel works (the classic shared-memory blocking, as in the CUDA programming guide
 and llm.c / siboehm's SGEMM notes):

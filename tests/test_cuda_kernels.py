@@ -137,7 +137,8 @@ def gemm_tiles(request, monkeypatch):
 
 
 def test_gemm_micro_tile_choice(monkeypatch):
-    """8x8 micro-tiles while the product still gives every SM two blocks, else 4x4."""
+    """8x8 micro-tiles while C fills big tiles each way and gives every SM two blocks, else
+    4x4."""
     monkeypatch.setattr(cuda_gemm, "sm_count", lambda: 4)
     big = cuda_gemm.TPB * cuda_gemm.TM_LARGE
     assert cuda_gemm._micro_tile(8 * big, big, 1) == cuda_gemm.TM_LARGE      # 8 tiles
