@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py [--out gpu.json] [--repeat 5]     # a real GPU, < 5 minutes
     python benchmarks/gpu_check.py --tiny [--out tiny.json]          # tiny shapes, simulator
+    python benchmarks/gpu_check.py --sections gemm fcn8s             # some sections only
 
 Each row: the CUDA time (inputs already on the device, synchronised, median of --repeat after
 one warm-up call that also JIT-compiles), the same op on the comparison device ("cpu": Numba,
@@ -37,6 +38,8 @@ def parse(argv=None):
     ap.add_argument("--repeat", type=int, default=None, help="timed calls per op (median)")
     ap.add_argument("--ref", choices=["cpu", "numpy"], default=None,
                     help="device to compare with (default: cpu, or numpy under --tiny)")
+    ap.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
+                    help="what to check and time (default: all, in this order)")
     args = ap.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.tiny else 5
@@ -75,10 +78,8 @@ def main(argv=None):
     cfg = Config(args.tiny)
     bench = Bench(K, kernels, args.ref, args.repeat)
     t0 = time.perf_counter()
-    # The two figures with targets (the GEMM against cuBLAS, FCN-8s at 500x500) come first.
-    for section in (gemm_section, fcn8s_section, conv_section, pool_section, upsample_section,
-                    pointwise_section):
-        section(bench, cfg)
+    for name in args.sections:
+        SECTIONS[name](bench, cfg)
     elapsed = time.perf_counter() - t0
     print()
     print(machine_line(bench.machine))
@@ -481,6 +482,11 @@ def fcn8s_section(b, cfg):
     dx64 = K.to_device(x64)
     b.case("fcn8s", f"{name} fwd+bwd float64", shape, lambda: fwd_bwd(net, dx64, dlab),
            lambda: fwd_bwd(ref, x64, lab), ref_repeat=0)
+
+
+# The two figures with targets (the GEMM against cuBLAS, FCN-8s at 500x500) come first.
+SECTIONS = {"gemm": gemm_section, "fcn8s": fcn8s_section, "conv": conv_section,
+            "pool": pool_section, "upsample": upsample_section, "pointwise": pointwise_section}
 
 
 # ----------------------------------------------------------------------------- report

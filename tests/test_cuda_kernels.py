@@ -468,3 +468,23 @@ def test_max_pool2d_gradient_check(rng):
         return float((host(K.max_pool2d(x, *geo)[0]) * r).sum())
 
     directional_check(f, [host(K.max_pool2d_backward(r, arg, x.shape))], [x], rng)
+
+
+# ----------------------------------------------------------------------------- gpu_check
+def test_gpu_check_runs_tiny(tmp_path, capsys):
+    """benchmarks/gpu_check.py, the script a lent GPU runs, keeps working: two of its sections
+    on --tiny shapes (here in the simulator), every checked row matching, JSON written."""
+    import importlib.util
+    import json
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "tiny.json"
+    rc = gpu_check.main(["--tiny", "--sections", "gemm", "pointwise", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["section"] for r in rows} >= {"gemm", "pointwise", "loss", "solver"}
+    assert all(r.get("ok") is not False for r in rows)
+    assert sum(r.get("ok") is True for r in rows) >= 10
