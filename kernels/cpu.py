@@ -53,7 +53,7 @@ if (not _USER_WAIT_POLICY and "NUMBA_THREADING_LAYER" not in os.environ
 import numpy as np  # noqa: E402
 from numba import njit, prange, uint64  # noqa: E402
 
-from .geometry import conv_out, deconv_out, pool_out
+from .geometry import conv_out, deconv_out, pool_out, row_tiles
 
 # Tiles of the im2col matrix: COL_BUDGET bytes keeps a tile in the L2/L3 cache between the
 # im2col that writes it and the GEMM that reads it (measured on VGG16's conv1_2 at 224, 2
@@ -71,15 +71,7 @@ def _tiles(N, Ho, Wo, K, itemsize):
     batch makes one GEMM per layer, not one per image)."""
     row_bytes = max(1, K * itemsize)
     cols = max(COL_BUDGET // row_bytes, min(MIN_COLS, 16 * COL_BUDGET // row_bytes), 1)
-    rows = max(1, cols // max(1, Wo))
-    if rows >= Ho:                       # whole images, several per tile
-        per = max(1, rows // Ho)
-        for n0 in range(0, N, per):
-            yield n0, min(N, n0 + per), 0, Ho
-    else:                                # one image, a band of rows at a time
-        for n in range(N):
-            for r0 in range(0, Ho, rows):
-                yield n, n + 1, r0, min(Ho, r0 + rows)
+    return row_tiles(N, Ho, cols // max(1, Wo))
 
 
 # Scratch matrices (im2col tiles, GEMM results) are kept between calls and reused: allocating
@@ -647,21 +639,14 @@ WINO_MAX_BYTES = 64 << 20   # ... as long as V and M stay under this (they are k
 #                             16 MB saved only 14 MB of FCN-8s's step peak, for 10% on conv3-4)
 WINO_MIN_CHANNELS = 16      # below this the thin GEMMs lose to one im2col GEMM
 WINO_MIN_TOTAL_BLOCKS = {4: 100, 2: 150}   # blocks in the whole batch, per block size
+WINO_TILES = (4, 2)         # block sizes tried, largest first
 
 
 def _wino_tiles(N, TH, TW, chans, itemsize, nxi=16):
     """Like _tiles, in blocks: (n0, n1, ty0, ty1); nxi transformed planes (16 or 36)."""
     per_block = nxi * chans * itemsize
     blocks = max(WINO_BUDGET // per_block, min(WINO_MIN_BLOCKS, WINO_MAX_BYTES // per_block), 1)
-    rows = max(1, blocks // TW)
-    if rows >= TH:
-        per = max(1, rows // TH)
-        for n0 in range(0, N, per):
-            yield n0, min(N, n0 + per), 0, TH
-    else:
-        for n in range(N):
-            for r0 in range(0, TH, rows):
-                yield n, n + 1, r0, min(TH, r0 + rows)
+    return row_tiles(N, TH, blocks // TW)
 
 
 def _blocks(N, out_hw, m):
@@ -684,9 +669,6 @@ def _winograd_tile(w_shape, stride, dilation, groups, out_hw, N):
         if _blocks(N, out_hw, m) >= WINO_MIN_TOTAL_BLOCKS[m]:
             return m
     return 0
-
-
-WINO_TILES = (4, 2)         # block sizes tried, largest first
 
 # The transformed weight of the turned kernel w'[c, f] = rot180(w[f, c]) (whose convolution
 # with dout is dx) is, for F(2x2, 3x3), U itself transposed in (f, c), with the transform index

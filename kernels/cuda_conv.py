@@ -16,6 +16,7 @@ the column block starting at (n - n0)*P: both are plain offsets for the GEMM.
 from __future__ import annotations
 
 from .cuda_gemm import gemm_raw
+from .geometry import row_tiles
 from .cuda_util import cuda, empty, flat, launch
 
 COL_BUDGET = 64 << 20      # bytes of im2col buffer per tile
@@ -35,15 +36,7 @@ def _scratch(dtype, n):
 def _tiles(N, Ho, Wo, K, itemsize):
     """(n0, n1, r0, r1) tiles whose column matrix (K x (n1-n0)(r1-r0)Wo) fits COL_BUDGET
     (one output row at least, however wide)."""
-    rows = max(1, COL_BUDGET // max(1, K * Wo * itemsize))
-    if rows >= Ho:                                  # whole images, several per tile
-        per = max(1, rows // Ho)
-        for n0 in range(0, N, per):
-            yield n0, min(N, n0 + per), 0, Ho
-    else:
-        for n in range(N):
-            for r0 in range(0, Ho, rows):
-                yield n, n + 1, r0, min(Ho, r0 + rows)
+    return row_tiles(N, Ho, COL_BUDGET // max(1, K * Wo * itemsize))
 
 
 # ----------------------------------------------------------------------------- im2col / col2im

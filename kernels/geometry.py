@@ -41,3 +41,18 @@ def pool_out(size, kernel, stride, pad, ceil_mode=True):
     if (out - 1) * stride >= size + pad:
         out -= 1          # the last window must start inside the input or its top/left pad
     return out
+
+
+def row_tiles(N, H, rows):
+    """(n0, n1, r0, r1) tiles over N images of H rows each, `rows` rows to a tile (what a
+    scratch budget allows): bands of rows of one image when rows < H, else whole images, as
+    many to a tile as fit. The im2col and Winograd drivers walk their work this way."""
+    rows = max(1, rows)
+    if rows >= H:                        # whole images, several per tile
+        per = max(1, rows // max(1, H))
+        for n0 in range(0, N, per):
+            yield n0, min(N, n0 + per), 0, H
+    else:                                # one image, a band of rows at a time
+        for n in range(N):
+            for r0 in range(0, H, rows):
+                yield n, n + 1, r0, min(H, r0 + rows)

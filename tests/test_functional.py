@@ -11,7 +11,7 @@ import minifcn
 from minifcn import functional as F
 from minifcn.gradcheck import numeric_grad, rel_error
 from minifcn.kernels import cpu as cpu_kernels
-from minifcn.kernels.geometry import conv_out, pool_out
+from minifcn.kernels.geometry import conv_out, pool_out, row_tiles
 
 DEVICES = ["numpy", "cpu"]
 TOL = 1e-7          # float64 centred differences (h = 1e-6) agree to ~1e-9
@@ -310,6 +310,17 @@ def test_caffe_size_rules():
     assert pool_out(5, 2, 2, 0, ceil_mode=False) == 2
     y, _ = F.max_pool2d(np.zeros((1, 1, 5, 5)), 2, 2, 1)
     assert y.shape == (1, 1, 3, 3)
+
+
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(0, 20))
+def test_row_tiles_cover_every_row_once(N, H, rows):
+    """The tiles the im2col and Winograd drivers walk: bands of one image, or whole images
+    grouped; every (image, row) exactly once, in order, none over `rows` rows (at least 1)."""
+    tiles = list(row_tiles(N, H, rows))
+    covered = [(n, r) for n0, n1, r0, r1 in tiles for n in range(n0, n1) for r in range(r0, r1)]
+    assert covered == [(n, r) for n in range(N) for r in range(H)]
+    assert all((n1 - n0) * (r1 - r0) <= max(rows, 1) for n0, n1, r0, r1 in tiles)
+    assert all(n1 - n0 == 1 or (r0, r1) == (0, H) for n0, n1, r0, r1 in tiles)
 
 
 def test_float32_stays_float32(rng):
