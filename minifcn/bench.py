@@ -326,11 +326,29 @@ def _labels(rng, n, h, classes):
     return lab
 
 
-def _median_timings(samples):
-    """Per-layer [fwd, bwd] medians over several passes' net.timings."""
-    names = samples[0].keys()
-    return {n: [statistics.median(s[n][0] for s in samples),
-                statistics.median(s[n][1] for s in samples)] for n in names}
+def train_step(net, solver, x, lab):
+    """One training step, as the Trainer takes it: forward, backward, solver update."""
+    net.train()
+    net.forward(data=x, label=lab)
+    net.backward(input_grads=False)
+    solver.step()
+
+
+def time_steps(net, solver, x, lab, repeat, warmup, sync):
+    """(timeit of training steps, `caffe time`: {"ms": {layer: [fwd, bwd] medians over the
+    timed steps}, "shapes": {layer: its top's shape}})."""
+    samples = []
+
+    def step():
+        train_step(net, solver, x, lab)
+        samples.append({k: list(v) for k, v in net.timings.items()})
+    t = timeit(step, repeat, warmup, sync)
+    timed = samples[warmup:]
+    ms = {n: [statistics.median(s[n][0] for s in timed) * 1e3,
+              statistics.median(s[n][1] for s in timed) * 1e3] for n in timed[0]}
+    blobs = _shapes(net)
+    shapes = {n: list(blobs[net.tops[n][0]]) for n in net.layers if net.tops[n][0] in blobs}
+    return t, {"ms": ms, "shapes": shapes}
 
 
 def bench_fcn_ours(impl, cfg):
@@ -346,40 +364,26 @@ def bench_fcn_ours(impl, cfg):
     for size in c["sizes"]:
         x = o.arr(rng.standard_normal((1, 3, size, size)).astype(np.float32))
         lab = o.arr(_labels(rng, 1, size, c["classes"]))
-        shapes = {k: tuple(v.shape) for k, v in _blob_shapes(net, x, lab).items()}
+        shapes = _blob_shapes(net, data=x, label=lab)
         fl = net_flops(net, shapes)
 
         def forward():
             net.eval()
             return net.forward(data=x, until="score")
-
-        def step():
-            net.train()
-            net.forward(data=x, label=lab)
-            net.backward(input_grads=False)
-            solver.step()
-        rep = cfg["net_repeat"]
-        fwd = timeit(forward, rep, 1, o.sync)
-        samples = []
-
-        def step_timed():
-            step()
-            samples.append({k: list(v) for k, v in net.timings.items()})
-        tr = timeit(step_timed, rep, 1, o.sync)
+        fwd = timeit(forward, cfg["net_repeat"], 1, o.sync)
+        tr, per_layer = time_steps(net, solver, x, lab, cfg["net_repeat"], 1, o.sync)
         rows.append(_row("fcn", f"FCN-8s {size}x{size}", impl, f"1x3x{size}x{size}", fwd, tr,
                          fl, 3.0, note="fwd: eval forward; fwdbwd: training step incl. SGD"))
         if size == c["layer_size"]:
-            layers = {"size": size, "impl": impl, "ms": {
-                k: [v[0] * 1e3, v[1] * 1e3] for k, v in _median_timings(samples[-rep:]).items()},
-                "shapes": {n: list(shapes[net.tops[n][0]]) for n in net.layers
-                           if net.tops[n][0] in shapes}}
+            layers = dict(per_layer, size=size, impl=impl)
     return rows, layers
 
 
-def _blob_shapes(net, x, lab):
+def _blob_shapes(net, **inputs):
+    """{blob: shape} after an eval-mode forward of `inputs`."""
     net.eval()
-    net.forward(data=x, label=lab)
-    return {k: v for k, v in net.blobs.items() if hasattr(v, "shape")}
+    net.forward(**inputs)
+    return _shapes(net)
 
 
 # ----------------------------------------------------------------------------- patches (3.1)
@@ -393,12 +397,19 @@ def _patch_nets(p, loss=False):
     return clf, models.convolutionalize(clf, copy_params=False)
 
 
-def patch_grid(image, patch, fcn_out):
-    """The top-left corners of the patches each output unit of the FCN sees: the classifier's
-    stride (32) apart, as many as the FCN's output grid. The image is zero-padded on the
-    bottom/right where the last patches hang over its edge."""
-    stride = 32
-    return [(i * stride, j * stride) for i in range(fcn_out[0]) for j in range(fcn_out[1])]
+def patch_stack(fcn, img, patch, fcn_out):
+    """(N, 3, patch, patch): the patch the classifier runs on for each unit of the FCN's
+    fcn_out output grid, their corners the FCN's output stride apart (derived from its
+    coordinate maps: 32 for AlexNet), the image zero-padded on the bottom/right where the last
+    patches hang over its edge."""
+    from .coordmap import receptive_field
+    (_, sh, _), (_, sw, _) = receptive_field(fcn, fcn.outputs[0])
+    grid = [(i * int(sh), j * int(sw)) for i in range(fcn_out[0]) for j in range(fcn_out[1])]
+    H, W = img.shape[2:]
+    padded = np.zeros((1, 3, max(H, grid[-1][0] + patch), max(W, grid[-1][1] + patch)),
+                      img.dtype)
+    padded[:, :, :H, :W] = img
+    return np.concatenate([padded[:, :, i:i + patch, j:j + patch] for i, j in grid])
 
 
 def bench_patches_ours(impl, cfg):
@@ -410,12 +421,7 @@ def bench_patches_ours(impl, cfg):
     o = Ours(impl)
     img = rng.standard_normal((1, 3, p["image"], p["image"])).astype(np.float32)
     out = fcn.forward(data=o.arr(img))
-    grid = patch_grid(p["image"], p["patch"], out.shape[2:])
-    reach = max(max(i, j) for i, j in grid) + p["patch"]
-    padded = np.zeros((1, 3, reach, reach), np.float32)
-    padded[:, :, :p["image"], :p["image"]] = img
-    patches = np.concatenate([padded[:, :, i:i + p["patch"], j:j + p["patch"]]
-                              for i, j in grid])
+    patches = patch_stack(fcn, img, p["patch"], out.shape[2:])
     batches = [o.arr(patches[k:k + p["batch"]]) for k in range(0, len(patches), p["batch"])]
     whole = o.arr(img)
     d_out = o.arr(np.ones(out.shape, np.float32))
@@ -437,7 +443,7 @@ def bench_patches_ours(impl, cfg):
     for name, fn in (("patches", run_patches), ("whole", run_whole)):
         res[name] = (timeit(lambda: fn(False), rep, 1, o.sync),
                      timeit(lambda: fn(True), rep, 1, o.sync))
-    n = len(grid)
+    n = len(patches)
     rows = [_row("patches", f"{n} patches of {p['patch']}x{p['patch']}", impl,
                  f"{n}x3x{p['patch']}x{p['patch']}", *res["patches"]),
             _row("patches", f"whole image {p['image']}x{p['image']}", impl,
@@ -474,22 +480,7 @@ def bench_tiny_ours(impl, cfg):
     o = Ours(impl)
     x = o.arr(rng.standard_normal((t["batch"], 3, t["size"], t["size"])).astype(np.float32))
     lab = o.arr(_labels(rng, t["batch"], t["size"], t["classes"]))
-
-    def step():
-        net.train()
-        net.forward(data=x, label=lab)
-        net.backward(input_grads=False)
-        solver.step()
-    samples = []
-
-    def step_timed():
-        step()
-        samples.append({k: list(v) for k, v in net.timings.items()})
-    tr = timeit(step_timed, cfg["repeat"] * 2, 2, o.sync)
-    ms = {k: [v[0] * 1e3, v[1] * 1e3] for k, v in _median_timings(samples).items()}
-    shapes = {n: list(np.shape(net.blobs[net.tops[n][0]])) for n in net.layers
-              if hasattr(net.blobs.get(net.tops[n][0]), "shape")}
-    ms = {"ms": ms, "shapes": shapes}
+    tr, ms = time_steps(net, solver, x, lab, cfg["repeat"] * 2, 2, o.sync)
     return [_row("tiny", "fcn8s_tiny step", impl,
                  f"{t['batch']}x3x{t['size']}x{t['size']}", tr, tr,
                  note="training step: forward, backward, SGD update")], ms
@@ -530,17 +521,11 @@ def memory_worker_ours(cfg):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, c["size"], c["size"])).astype(np.float32)
     lab = _labels(rng, 1, c["size"], c["classes"])
-
-    def step():
-        net.train()
-        net.forward(data=x, label=lab)
-        net.backward(input_grads=False)
-        solver.step()
-    step()
+    train_step(net, solver, x, lab)
     before = _vm("VmRSS")
     reset = _reset_peak()
     tracemalloc.start()
-    step()
+    train_step(net, solver, x, lab)
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"rss_after_imports": base, "rss_before_step": before, "peak_rss": _vm("VmHWM"),
@@ -560,16 +545,10 @@ def memory_worker_torch(cfg):
     x = torch.from_numpy(rng.standard_normal((1, 3, c["size"], c["size"])).astype(np.float32))
     lab = torch.from_numpy(_labels(rng, 1, c["size"], c["classes"]).astype(np.int64))
     del net
-
-    def step():
-        opt.zero_grad()
-        loss = tn.forward({"data": x, "label": lab}, train=True)
-        loss.backward()
-        opt.step()
-    step()
+    torch_step(tn, opt, x, lab)
     before = _vm("VmRSS")
     reset = _reset_peak()
-    step()
+    torch_step(tn, opt, x, lab)
     return {"rss_after_imports": base, "rss_before_step": before, "peak_rss": _vm("VmHWM"),
             "peak_reset": reset}
 
@@ -601,6 +580,13 @@ def bench_memory(cfg, with_torch):
 def _import_torch():
     import torch
     return torch
+
+
+def torch_step(tn, opt, x, lab):
+    """train_step's PyTorch twin on a TorchNet."""
+    opt.zero_grad()
+    tn.forward({"data": x, "label": lab}, train=True).backward()
+    opt.step()
 
 
 def torch_info():
@@ -802,13 +788,8 @@ def torch_worker(cfg, sections, threads=None, check=True):
                 with torch.no_grad():
                     tn.forward({"data": x}, train=False, until="score", time_layers=True)
                 samples.append(dict(tn.timings))
-
-            def step():
-                opt.zero_grad()
-                tn.forward({"data": x, "label": lab}, train=True).backward()
-                opt.step()
             f = timeit(fwd, cfg["net_repeat"], 1)
-            s = timeit(step, cfg["net_repeat"], 1)
+            s = timeit(lambda: torch_step(tn, opt, x, lab), cfg["net_repeat"], 1)
             rows.append(_row("fcn", f"FCN-8s {size}x{size}", impl, f"1x3x{size}x{size}", f, s,
                              note="fwd: eval forward; fwdbwd: training step incl. SGD"))
             if size == c["layer_size"]:
@@ -823,12 +804,7 @@ def torch_worker(cfg, sections, threads=None, check=True):
         img = rng.standard_normal((1, 3, p["image"], p["image"])).astype(np.float32)
         with torch.no_grad():
             o = tf.forward({"data": torch.from_numpy(img)}, train=False)
-        grid = patch_grid(p["image"], p["patch"], o.shape[2:])
-        reach = max(max(i, j) for i, j in grid) + p["patch"]
-        padded = np.zeros((1, 3, reach, reach), np.float32)
-        padded[:, :, :p["image"], :p["image"]] = img
-        patches = torch.from_numpy(np.concatenate(
-            [padded[:, :, i:i + p["patch"], j:j + p["patch"]] for i, j in grid]))
+        patches = torch.from_numpy(patch_stack(fcn, img, p["patch"], o.shape[2:]))
         whole = torch.from_numpy(img)
 
         def run(net, data, backward, batch):
@@ -844,7 +820,7 @@ def torch_worker(cfg, sections, threads=None, check=True):
                                        ("whole", tf, whole, 1)):
             res[name] = (timeit(lambda: run(net, data, False, batch), cfg["net_repeat"], 1),
                          timeit(lambda: run(net, data, True, batch), cfg["net_repeat"], 1))
-        n = len(grid)
+        n = len(patches)
         out["patches"] = [
             _row("patches", f"{n} patches of {p['patch']}x{p['patch']}", impl,
                  f"{n}x3x{p['patch']}x{p['patch']}", *res["patches"]),
@@ -863,12 +839,7 @@ def torch_worker(cfg, sections, threads=None, check=True):
         x = torch.from_numpy(rng.standard_normal((t["batch"], 3, t["size"], t["size"])).astype(
             np.float32))
         lab = torch.from_numpy(_labels(rng, t["batch"], t["size"], t["classes"]).astype(np.int64))
-
-        def step():
-            opt.zero_grad()
-            tn.forward({"data": x, "label": lab}, train=True).backward()
-            opt.step()
-        tr = timeit(step, cfg["repeat"] * 2, 2)
+        tr = timeit(lambda: torch_step(tn, opt, x, lab), cfg["repeat"] * 2, 2)
         out["tiny"] = [_row("tiny", "fcn8s_tiny step", impl,
                             f"{t['batch']}x3x{t['size']}x{t['size']}", tr, tr,
                             note="the same net in PyTorch ops")]
@@ -1401,11 +1372,16 @@ def report(results):
     return "\n".join(out)
 
 
-def write_json(path, payload):
+def write_text(path, text):
+    """Write atomically: a temporary file beside it, then a rename."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, default=float)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path, payload):
+    write_text(path, json.dumps(payload, indent=1, default=float))
 
 
 def main(args):
@@ -1418,10 +1394,7 @@ def main(args):
     if args.json:
         write_json(args.json, results)
     if args.markdown:
-        tmp = f"{args.markdown}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.markdown)
+        write_text(args.markdown, text + "\n")
     return 0
 
 

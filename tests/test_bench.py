@@ -49,6 +49,26 @@ def test_report_states_the_machine(quick):
     assert {t["target"] for t in res["targets"]} == {t[0] for t in bench.TARGETS}
 
 
+def test_patch_stack_follows_the_fcn_stride():
+    """The patches timed against the whole image: one per unit of the FCN's output, their
+    corners its derived output stride apart (32, not typed in), each the classifier's input
+    size, the image zero-padded past its edge."""
+    import numpy as np
+    from minifcn.coordmap import receptive_field
+    _, fcn = bench._patch_nets(dict(kind="micro", patch=32))
+    img = np.random.default_rng(0).standard_normal((1, 3, 70, 70)).astype(np.float32)
+    out = fcn.eval().forward(data=img)
+    stride = int(receptive_field(fcn, "fc8")[0][1])
+    patches = bench.patch_stack(fcn, img, 32, out.shape[2:])
+    gh, gw = out.shape[2:]
+    assert stride == 32 and patches.shape == (gh * gw, 3, 32, 32)
+    i, j = gh - 1, gw - 1                                     # the last patch: past the edge
+    last = patches[i * gw + j]
+    inside = img[0, :, i * stride:i * stride + 32, j * stride:j * stride + 32]
+    assert np.array_equal(last[:, :inside.shape[1], :inside.shape[2]], inside)
+    assert inside.shape[1:] != (32, 32) and not last[:, inside.shape[1]:].any()
+
+
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is optional")
 def test_torch_side_by_side(quick):
     rc, res, md = quick

@@ -26,8 +26,8 @@ from minifcn.cli import main  # noqa: E402
 from minifcn.gradcheck import check_net, rel_error  # noqa: E402
 from minifcn.kernels import cuda_util  # noqa: E402
 from minifcn.net import Net  # noqa: E402
-from minifcn.train import (Trainer, evaluate, load_checkpoint, make_solver, predict,  # noqa: E402
-                           save_checkpoint)
+from minifcn.train import (Trainer, evaluate, load_checkpoint, make_solver,  # noqa: E402
+                           predict)
 
 is_dev = K.is_device_array
 host = K.to_host
