@@ -90,10 +90,8 @@ def main(argv=None):
     if args.out:
         payload = {"machine": bench.machine, "command": " ".join(sys.argv), "rows": bench.rows,
                    "seconds": elapsed}
-        tmp = f"{args.out}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1, default=str)
-        os.replace(tmp, args.out)
+        from minifcn.files import atomic_write_text
+        atomic_write_text(args.out, json.dumps(payload, indent=1, default=str))
         print(f"wrote {args.out}")
     return 1 if bad else 0
 

@@ -47,6 +47,7 @@ import time
 import numpy as np
 
 from . import functional as F
+from .files import atomic_write_text
 from .kernels.geometry import deconv_out
 
 # VGG16's 13 convolutions as (name, C_in, C_out, downsampling) and its 5 pools.
@@ -1372,16 +1373,8 @@ def report(results):
     return "\n".join(out)
 
 
-def write_text(path, text):
-    """Write atomically: a temporary file beside it, then a rename."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(path, payload):
-    write_text(path, json.dumps(payload, indent=1, default=float))
+    atomic_write_text(path, json.dumps(payload, indent=1, default=float))
 
 
 def main(args):
@@ -1394,7 +1387,7 @@ def main(args):
     if args.json:
         write_json(args.json, results)
     if args.markdown:
-        write_text(args.markdown, text + "\n")
+        atomic_write_text(args.markdown, text + "\n")
     return 0
 
 

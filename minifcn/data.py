@@ -42,16 +42,16 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile
 
+from .files import atomic_write
+
 __all__ = [
     "VOC_MEAN_BGR", "VOC_CLASSES", "SHAPE_CLASSES", "DatasetError",
-    "preprocess", "deprocess", "voc_colormap",
+    "preprocess", "deprocess", "voc_colormap", "label_image",
     "SyntheticShapes", "synthetic_splits",
     "write_voc", "VOCSegmentation", "validate_voc",
     "Loader",
@@ -292,23 +292,9 @@ def _strict_pil():
         ImageFile.LOAD_TRUNCATED_IMAGES = old
 
 
-def _atomic_save(path, save):
-    """Write through ``save(fileobj)`` to a temporary file beside ``path``, then rename it, so a
-    crash never leaves a half-written file under the final name."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _label_to_png(label):
-    """uint8 (H, W) indices -> a palette ('P') image with the VOC colormap."""
+def label_image(label):
+    """uint8 (H, W) class indices (255: void) -> a palette ('P') PIL image with the VOC
+    colours: what SegmentationClass/*.png hold, and what masks are saved as."""
     label = np.ascontiguousarray(label, dtype=np.uint8)
     im = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
     im.putpalette(voc_colormap(256).ravel().tolist())
@@ -352,15 +338,15 @@ def write_voc(dataset, root, split_name, ids=None):
         pil_img = Image.fromarray(np.asarray(img, dtype=np.uint8))
         # subsampling=0 keeps full-resolution colour: 4:2:0 would blur colour across the very
         # object edges the labels mark, and small images have few pixels to spare.
-        _atomic_save(img_path, lambda f: pil_img.save(f, format="JPEG", quality=95, subsampling=0))
-        pil_label = _label_to_png(label)
-        _atomic_save(label_path, lambda f: pil_label.save(f, format="PNG"))
+        atomic_write(img_path, lambda f: pil_img.save(f, format="JPEG", quality=95, subsampling=0))
+        pil_label = label_image(label)
+        atomic_write(label_path, lambda f: pil_label.save(f, format="PNG"))
     split_file = _split_file(root, split_name, sbd=False)
     old = _read_ids(split_file) if split_file.exists() else []
     seen = set(old)
     new = old + [i for i in ids if not (i in seen or seen.add(i))]
     text = "".join(f"{i}\n" for i in new)
-    _atomic_save(split_file, lambda f: f.write(text.encode()))
+    atomic_write(split_file, lambda f: f.write(text.encode()))
     return ids
 
 

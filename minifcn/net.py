@@ -21,13 +21,12 @@ comes back to the host is what the user asks for: the loss (a float), ``net.para
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections import OrderedDict
 
 import numpy as np
 
+from .files import atomic_write
 from .kernels import check_device, get
 
 
@@ -286,17 +285,5 @@ def _shape(v):
 
 
 def save_npz(path, arrays):
-    """np.savez to a temporary file in the target directory, then an atomic rename: a crash
-    never leaves a half-written file behind."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """np.savez, written atomically (minifcn.files): a crash never leaves a half-written file."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))

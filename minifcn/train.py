@@ -33,6 +33,7 @@ import numpy as np
 
 from . import layers as L
 from .kernels import get
+from .files import atomic_write_text
 from .metrics import ConfusionMatrix
 from .net import save_npz
 
@@ -277,10 +278,7 @@ class Trainer:
         if os.path.exists(self.log_path):   # keep the earlier curve, up to the checkpoint
             with open(self.log_path) as f:
                 self.history = [r for r in map(json.loads, f) if r["iter"] <= info["iter"]]
-            tmp = self.log_path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.history)
-            os.replace(tmp, self.log_path)
+            atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
         return info
 
     def _sample(self, labels):

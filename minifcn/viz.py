@@ -1,37 +1,19 @@
 """Pictures: palette masks, colour overlays and training curves, drawn with Pillow alone."""
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data import voc_colormap
+from .data import label_image, voc_colormap
+from .files import atomic_write
 
 
-def _atomic_save(img, path, **kw):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.png")
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG", **kw)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
-def palette_image(label):
-    """A (H, W) class map as a palette PNG image with the VOC colours (255 = void)."""
-    img = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
-    img.putpalette(voc_colormap(256).reshape(-1).tolist())
-    return img
+def _save_png(img, path):
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def save_mask(label, path):
-    _atomic_save(palette_image(label), path)
+    _save_png(label_image(label), path)
 
 
 def overlay(image_rgb, label, alpha=0.5):
@@ -54,7 +36,7 @@ def save_overlay(image_rgb, label, path, truth=None):
         for i, p in enumerate(panels):
             sheet.paste(p, (i * (w + 4), 0))
         pred = sheet
-    _atomic_save(pred, path)
+    _save_png(pred, path)
 
 
 def _plot(draw, box, xs, ys, colour, x_max, y_min, y_max):
@@ -90,4 +72,4 @@ def save_curves(history, path, size=(720, 300)):
         d.text((box[0] - 35, box[3] - 10), f"{lo:.2f}", fill=(80, 80, 80))
         d.text((box[2] - 40, box[3] + 8), f"iter {x_max}", fill=(80, 80, 80))
         _plot(d, box, xs, ys, colour, x_max, lo, hi)
-    _atomic_save(img, path)
+    _save_png(img, path)

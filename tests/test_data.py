@@ -255,3 +255,24 @@ def test_loader_rng_is_reproducible_and_resumable():
         np.testing.assert_array_equal(ya, yd)
     other = run(Loader(ds, batch_size=2, seed=6, crop=12, mirror=True), 1)[0]
     assert not np.array_equal(other[0], a[0][0])
+
+
+def test_atomic_write_leaves_old_file_or_new_one(tmp_path):
+    """minifcn.files.atomic_write, behind every file minifcn writes: a save that fails
+    midway leaves the old file as it was and no temporary file; one that succeeds replaces
+    it, with the umask's permissions (not a private temp file's 0600)."""
+    import os
+
+    from minifcn.files import atomic_write, atomic_write_text
+    target = tmp_path / "sub" / "out.txt"
+    atomic_write_text(target, "old\n")                       # makes the missing folder
+
+    def half(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, half)
+    assert target.read_text() == "old\n" and os.listdir(target.parent) == ["out.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~umask
