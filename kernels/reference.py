@@ -331,6 +331,8 @@ def confusion_update(hist, gt, pred, num_classes):
     n = int(num_classes)
     gt, pred = np.asarray(gt).ravel(), np.asarray(pred).ravel()
     keep = (gt >= 0) & (gt < n) & (pred >= 0) & (pred < n)
-    flat = n * gt[keep].astype(np.int64) + pred[keep].astype(np.int64)   # int64: no wrap
+    # one bincount over the flat index n*gt + pred counts every (gt, pred) pair at once; cast
+    # to int64 first: with uint8 labels n*gt would wrap around at 256
+    flat = n * gt[keep].astype(np.int64) + pred[keep].astype(np.int64)
     hist += np.bincount(flat, minlength=n * n).reshape(n, n)
     return hist

@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from .kernels.reference import confusion_update
+
 __all__ = ["fast_hist", "ConfusionMatrix", "scores_from_hist", "format_table"]
 
 
@@ -32,16 +34,13 @@ def fast_hist(gt, pred, n):
 
     gt, pred: integer arrays of the same number of elements (any shape); gt values outside
     [0, n) (255 = void) are ignored. pred values must be in [0, n) (not checked here, as in the
-    reference; ``ConfusionMatrix.update`` checks them).
+    reference; ``ConfusionMatrix.update`` checks them; out of range they are not counted).
     Returns an (n, n) int64 array, hist[i, j] = pixels with ground truth i predicted as j.
     """
-    gt = np.asarray(gt).ravel()
-    pred = np.asarray(pred).ravel()
-    keep = (gt >= 0) & (gt < n)
-    # One bincount over the flat index n*gt + pred counts every (gt, pred) pair at once. Cast to
-    # int64 first: with uint8 labels, n*gt would wrap around at 256.
-    flat = n * gt[keep].astype(np.int64) + pred[keep].astype(np.int64)
-    return np.bincount(flat, minlength=n * n).reshape(n, n)
+    # The counting is the dispatch table's "confusion_update" op on the numpy device (one
+    # bincount over the flat index n*gt + pred, see kernels/reference.py): the same op that
+    # evaluate() runs on the net's own device.
+    return confusion_update(np.zeros((n, n), dtype=np.int64), gt, pred, n)
 
 
 def scores_from_hist(hist):
