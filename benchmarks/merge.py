@@ -10,6 +10,7 @@ import json
 import sys
 
 from minifcn import bench
+from minifcn.files import atomic_write_text
 
 
 def merge(results):
@@ -57,8 +58,7 @@ def main(argv=None):
     if a.json:
         bench.write_json(a.json, out)
     if a.markdown:
-        with open(a.markdown, "w") as f:
-            f.write(text + "\n")
+        atomic_write_text(a.markdown, text + "\n")
     return 0
 
 

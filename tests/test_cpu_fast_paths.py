@@ -30,6 +30,16 @@ def winograd_everywhere(monkeypatch, request):
     monkeypatch.setattr(cpu, "WINO_MIN_TOTAL_BLOCKS", {2: 1, 4: 1})
     monkeypatch.setattr(cpu, "WINO_MIN_BLOCKS", 3)        # several tiles per image
     monkeypatch.setattr(cpu, "WINO_BUDGET", 1)
+    calls = {"conv": 0, "dw": 0}           # so a test can tell the route was really taken
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return run
+    monkeypatch.setattr(cpu, "_wino_conv", counted("conv", cpu._wino_conv))
+    monkeypatch.setattr(cpu, "_wino_dw", counted("dw", cpu._wino_dw))
+    return calls
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -51,6 +61,11 @@ def test_winograd_matches_reference(winograd_everywhere, rng, dtype, n, c, f, h,
           F.conv2d_backward(dy, x, wt, **kw, need_dw=False, device="numpy")[0], dtype)
     close(F.conv2d_backward(dy, x, wt, **kw, need_dx=False, device="cpu")[1],
           F.conv2d_backward(dy, x, wt, **kw, need_dx=False, device="numpy")[1], dtype)
+    # the forward, and dx twice where dx is a convolution of dout (not when it would grow
+    # the work, e.g. pad 0; F(4x4) turns the weight and calls itself again); dw twice
+    dx_conv = cpu._dx_as_conv(x.shape, wt.shape, y.shape, (1, 1), (pad, pad), (1, 1))
+    per_dx = 2 if cpu.WINO_TILES == (4,) else 1
+    assert winograd_everywhere == {"conv": 1 + 2 * per_dx * bool(dx_conv), "dw": 2}
 
 
 def test_winograd_on_a_strided_view(winograd_everywhere, rng):
@@ -60,6 +75,7 @@ def test_winograd_on_a_strided_view(winograd_everywhere, rng):
     wt = rng.standard_normal((3, 4, 3, 3))
     close(F.conv2d(x, wt, pad=1, device="cpu"), F.conv2d(x, wt, pad=1, device="numpy"),
           np.float64)
+    assert winograd_everywhere["conv"] == 1
 
 
 @pytest.mark.parametrize("stride,pad,dil", [(1, 1, 1), (1, 0, 1), (1, 2, 2), (2, 1, 1)])
