@@ -2,10 +2,14 @@
 
 Devices:
   "numpy"  naive, readable NumPy references (kernels/reference.py): the version to read first.
-  "cpu"    Numba kernels (kernels/cpu.py): @njit(parallel=True) loops, GEMM through BLAS.
-           Any op cpu.py does not define falls back to the reference (as Caffe's GPU path
-           defaults to its CPU one) -- e.g. crop and eltwise sums are plain slicing either way.
-  "cuda"   Numba CUDA kernels (kernels/cuda.py), loaded only when asked for.
+  "cpu"    Numba kernels (the package kernels/cpu/): @njit(parallel=True) loops, GEMM
+           through BLAS. Any op it does not define falls back to the reference (as Caffe's
+           GPU path defaults to its CPU one) -- e.g. crop and eltwise sums are plain slicing
+           either way.
+  "cuda"   Numba CUDA kernels (the package kernels/cuda/), loaded only when asked for.
+
+Each fast package holds one concept a file (conv.py, pool.py, pointwise.py, loss.py, ...), and
+each file names its twin section of reference.py, so the three can be read side by side.
 
 Besides the ops of the paper's layers, the table holds the few array chores that let a Net keep
 its arrays where its kernels run: "asarray" (an array as this device holds it: a host array on
@@ -44,7 +48,8 @@ OPS = (
     "argmax", "confusion_update",
 )
 
-# Which module implements each device, and which device it falls back to for missing ops.
+# Which module (a package for cpu and cuda) implements each device, and which device it
+# falls back to for missing ops.
 _BACKENDS = {"numpy": ("reference", None), "cpu": ("cpu", "numpy"), "cuda": ("cuda", None)}
 
 TABLE: dict[tuple[str, str], object] = {}   # (op, device) -> callable, filled on first use

@@ -1,4 +1,4 @@
-"""The fast routes of kernels/cpu.py, each forced on small shapes and compared with the numpy
+"""The fast routes of kernels/cpu/, each forced on small shapes and compared with the numpy
 reference: Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (forward, dx, dw), dx as a
 convolution of dout, the depthwise transposed convolution of a diagonal (bilinear) weight,
 the 2x2 max-pool kernel and its first-maximum-wins rule on ties, and scratch reuse across
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from minifcn import functional as F
-from minifcn.kernels import cpu
+from minifcn.kernels.cpu import conv, winograd
 from minifcn.layers import bilinear_weight
 
 
@@ -25,11 +25,11 @@ def close(a, b, dtype):
 
 @pytest.fixture(params=[(2,), (4,)], ids=["F2x2", "F4x4"])
 def winograd_everywhere(monkeypatch, request):
-    monkeypatch.setattr(cpu, "WINO_TILES", request.param)
-    monkeypatch.setattr(cpu, "WINO_MIN_CHANNELS", 1)
-    monkeypatch.setattr(cpu, "WINO_MIN_TOTAL_BLOCKS", {2: 1, 4: 1})
-    monkeypatch.setattr(cpu, "WINO_MIN_BLOCKS", 3)        # several tiles per image
-    monkeypatch.setattr(cpu, "WINO_BUDGET", 1)
+    monkeypatch.setattr(winograd, "WINO_TILES", request.param)
+    monkeypatch.setattr(winograd, "WINO_MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "WINO_MIN_TOTAL_BLOCKS", {2: 1, 4: 1})
+    monkeypatch.setattr(winograd, "WINO_MIN_BLOCKS", 3)        # several tiles per image
+    monkeypatch.setattr(winograd, "WINO_BUDGET", 1)
     calls = {"conv": 0, "dw": 0}           # so a test can tell the route was really taken
 
     def counted(name, fn):
@@ -37,8 +37,8 @@ def winograd_everywhere(monkeypatch, request):
             calls[name] += 1
             return fn(*args, **kwargs)
         return run
-    monkeypatch.setattr(cpu, "_wino_conv", counted("conv", cpu._wino_conv))
-    monkeypatch.setattr(cpu, "_wino_dw", counted("dw", cpu._wino_dw))
+    monkeypatch.setattr(winograd, "_wino_conv", counted("conv", winograd._wino_conv))
+    monkeypatch.setattr(winograd, "_wino_dw", counted("dw", winograd._wino_dw))
     return calls
 
 
@@ -63,8 +63,8 @@ def test_winograd_matches_reference(winograd_everywhere, rng, dtype, n, c, f, h,
           F.conv2d_backward(dy, x, wt, **kw, need_dx=False, device="numpy")[1], dtype)
     # the forward, and dx twice where dx is a convolution of dout (not when it would grow
     # the work, e.g. pad 0; F(4x4) turns the weight and calls itself again); dw twice
-    dx_conv = cpu._dx_as_conv(x.shape, wt.shape, y.shape, (1, 1), (pad, pad), (1, 1))
-    per_dx = 2 if cpu.WINO_TILES == (4,) else 1
+    dx_conv = conv._dx_as_conv(x.shape, wt.shape, y.shape, (1, 1), (pad, pad), (1, 1))
+    per_dx = 2 if winograd.WINO_TILES == (4,) else 1
     assert winograd_everywhere == {"conv": 1 + 2 * per_dx * bool(dx_conv), "dw": 2}
 
 
@@ -81,7 +81,7 @@ def test_winograd_on_a_strided_view(winograd_everywhere, rng):
 @pytest.mark.parametrize("stride,pad,dil", [(1, 1, 1), (1, 0, 1), (1, 2, 2), (2, 1, 1)])
 def test_dx_routes(rng, stride, pad, dil, monkeypatch):
     """dx as a convolution of dout (stride 1) and as GEMM + col2im, both against numpy."""
-    monkeypatch.setattr(cpu, "WINO_MIN_CHANNELS", 10**9)
+    monkeypatch.setattr(winograd, "WINO_MIN_CHANNELS", 10**9)
     x = rng.standard_normal((2, 3, 9, 8))
     for f in (2, 40):                       # a weight smaller / larger than dout
         wt = rng.standard_normal((f, 3, 3, 3))
@@ -99,7 +99,7 @@ def test_depthwise_deconv(rng, dtype, k, s, p, h):
     c = 3
     w = bilinear_weight(c, c, k).astype(dtype)
     w[1, 1] *= 2.0                           # not the same filter on every channel
-    assert cpu._is_diagonal(w)
+    assert conv._is_diagonal(w)
     x = rng.standard_normal((2, c, h, h + 1)).astype(dtype)
     y = F.conv_transpose2d(x, w, None, s, p, device="cpu")
     close(y, F.conv_transpose2d(x, w, None, s, p, device="numpy"), dtype)
@@ -113,8 +113,8 @@ def test_depthwise_deconv(rng, dtype, k, s, p, h):
 def test_dense_deconv_is_not_diagonal(rng):
     w = bilinear_weight(3, 3, 4)
     w[0, 2, 1, 1] = 1e-3
-    assert not cpu._is_diagonal(w)
-    assert not cpu._is_diagonal(np.zeros((2, 3, 4, 4)))      # C_in != C_out
+    assert not conv._is_diagonal(w)
+    assert not conv._is_diagonal(np.zeros((2, 3, 4, 4)))      # C_in != C_out
     x = rng.standard_normal((1, 3, 4, 4))
     close(F.conv_transpose2d(x, w, None, 2, 1, device="cpu"),
           F.conv_transpose2d(x, w, None, 2, 1, device="numpy"), np.float64)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import minifcn
 from minifcn import functional as F
 from minifcn.gradcheck import numeric_grad, rel_error
-from minifcn.kernels import cpu as cpu_kernels
+from minifcn.kernels.cpu import im2col as cpu_im2col
 from minifcn.kernels.geometry import conv_out, pool_out, row_tiles
 
 DEVICES = ["numpy", "cpu"]
@@ -242,7 +242,7 @@ def test_lrn_and_loss_cpu_match_reference(size, c, seed):
 def test_im2col_tiling(monkeypatch, dtype, budget, rng):
     """A budget of 1 byte forces one output row per tile; a huge one packs every image of the
     batch into one tile. Both must give the reference's answer."""
-    monkeypatch.setattr(cpu_kernels, "COL_BUDGET", budget)
+    monkeypatch.setattr(cpu_im2col, "COL_BUDGET", budget)
     x = rng.standard_normal((3, 4, 9, 7)).astype(dtype)
     w = rng.standard_normal((6, 2, 3, 3)).astype(dtype)
     kw = dict(stride=(2, 1), pad=1, dilation=(1, 2), groups=2)

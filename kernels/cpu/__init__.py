@@ -1,0 +1,62 @@
+"""The "cpu" device: Numba CPU kernels, the loops of the engine, parallel over independent
+planes with prange. One concept a file, each beside its twin section of kernels/reference.py:
+
+  im2col.py     tiling budget, scratch slots, im2col / col2im, GEMM into the output   (conv)
+  winograd.py   3x3 stride-1 convolutions by F(2x2, 3x3) and F(4x4, 3x3)             (conv)
+  conv.py       conv2d, conv_transpose2d and their backwards: which route runs        (conv)
+  pool.py       max and average pooling                                               (pool)
+  pointwise.py  relu, dropout; LRN                                         (pointwise, lrn)
+  loss.py       softmax cross-entropy                                                 (loss)
+  solver.py     SGD and Adam steps, in place                                        (solver)
+
+The dispatcher (kernels/__init__.py) looks every op up by name on this package; any op not
+defined here (crop, eltwise sums, dropout's backward, the array chores, scoring) falls back to
+reference.py, as Caffe's GPU path defaults to its CPU one.
+
+This file runs before any kernel module imports Numba: it chooses how Numba's threads wait.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# Numba's OpenMP threads spin after each parallel loop, and so do OpenBLAS's after each GEMM;
+# with 2 cores the two pools then fight for them and every kernel waits for a time slice.
+# Measured on the 2-core dev machine, a tiny FCN-8s training step (batch 8, 64x64): 444 ms
+# with spinning, 125 ms with passive waiting. Only set if the user has not chosen; read by
+# libgomp when Numba first starts its threads. (minifcn bench reports _USER_WAIT_POLICY.)
+_USER_WAIT_POLICY = "OMP_WAIT_POLICY" in os.environ
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _openmp_already_loaded():
+    """Was an OpenMP runtime loaded before us (PyTorch imported first brings its libgomp)?"""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libgomp" in line or "libiomp" in line for line in f)
+    except OSError:
+        return "torch" in sys.modules
+
+
+# ... but an OpenMP runtime loaded before this module (import torch; import minifcn) has read
+# the environment already, and Numba's OpenMP layer ends up on its spinning threads: VGG16's 13
+# convolutions, forward+backward, took 2.5 s instead of 0.5 s that way. Numba's workqueue layer
+# has its own sleeping threads (0.52 s), so it is taken then, unless the user chose a layer.
+if (not _USER_WAIT_POLICY and "NUMBA_THREADING_LAYER" not in os.environ
+        and _openmp_already_loaded()):
+    import numba  # noqa: E402
+    numba.config.THREADING_LAYER = "workqueue"
+
+# The ops, as the dispatch table finds them (getattr(this package, op)).
+from .conv import (conv2d, conv2d_backward, conv_transpose2d,  # noqa: E402
+                   conv_transpose2d_backward)
+from .loss import softmax_cross_entropy  # noqa: E402
+from .pointwise import dropout, lrn, lrn_backward, relu, relu_backward  # noqa: E402
+from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d,  # noqa: E402
+                   max_pool2d_backward)
+from .solver import adam_update, sgd_update  # noqa: E402
+
+__all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+           "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+           "relu", "relu_backward", "dropout", "lrn", "lrn_backward",
+           "softmax_cross_entropy", "sgd_update", "adam_update"]
