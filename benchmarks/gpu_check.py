@@ -198,7 +198,8 @@ def gemm_section(b, cfg):
         ref, ref_name = (lambda: a @ bb), "numpy"
     else:
         ref, ref_name = blas, blas_name
-    from minifcn.kernels import cuda_gemm
+    import importlib        # the module: on the package, the name gemm is the function
+    cuda_gemm = importlib.import_module("minifcn.kernels.cuda.gemm")
     for tm in (cuda_gemm.TM_SMALL, cuda_gemm.TM_LARGE):     # each micro-tile, then the choice
         cuda_gemm.FORCE_TM = tm
         bm = cuda_gemm.TPB * tm

@@ -1,4 +1,4 @@
-"""The CUDA kernels (kernels/cuda*.py) against the NumPy reference, run in Numba's simulator.
+"""The CUDA kernels (kernels/cuda/) against the NumPy reference, run in Numba's simulator.
 
 No GPU is needed: NUMBA_ENABLE_CUDASIM=1 makes numba.cuda run every CUDA thread as a Python
 thread. That is slow (~0.1 ms per thread), so shapes are tiny and the simulator launches only a
@@ -12,6 +12,7 @@ import os
 # this line covers running this file without that conftest.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import importlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -21,7 +22,10 @@ import pytest  # noqa: E402
 from cuda_support import load_cuda  # noqa: E402
 
 K = load_cuda()
-from minifcn.kernels import cuda_conv, cuda_gemm, reference as R  # noqa: E402
+from minifcn.kernels import reference as R  # noqa: E402
+from minifcn.kernels.cuda import im2col as cuda_im2col  # noqa: E402
+# The module: on the package, the name gemm is the function (K.gemm).
+cuda_gemm = importlib.import_module("minifcn.kernels.cuda.gemm")
 
 DTYPES = [np.float32, np.float64]
 
@@ -91,7 +95,7 @@ def test_simulator_shared_array_is_one_per_block(monkeypatch):
     the same array, even when the threads ask at the same moment. Numba's own allocator looks
     the array up and creates it without a lock, so two threads could each make their own; that
     made the GEMM (and a cuda training step) wrong now and then on a busy machine.
-    kernels/cuda_util.py installs a locked allocator; here np.empty is made slow, so without
+    kernels/cuda/util.py installs a locked allocator; here np.empty is made slow, so without
     the lock every thread would find no array and make one."""
     if not K.SIM:
         pytest.skip("a real GPU has real shared memory")
@@ -220,8 +224,8 @@ def test_conv2d_row_tiles_and_flags(rng, monkeypatch):
     monkeypatch.setattr(cuda_gemm, "SPLIT_MIN_K", 4)
     case = ((2, 2, 7, 6), (3, 3, 3), (2, 1), (1, 1), (1, 1), 1, True)   # y: (2, 3, 4, 6)
     x, w, b, geo = conv_data(rng, case, np.float64)
-    monkeypatch.setattr(cuda_conv, "COL_BUDGET", 3 * 18 * 6 * 8)     # 3 output rows per tile
-    assert list(cuda_conv._tiles(2, 4, 6, 18, 8)) == [(0, 1, 0, 3), (0, 1, 3, 4), (1, 2, 0, 3),
+    monkeypatch.setattr(cuda_im2col, "COL_BUDGET", 3 * 18 * 6 * 8)     # 3 output rows per tile
+    assert list(cuda_im2col._tiles(2, 4, 6, 18, 8)) == [(0, 1, 0, 3), (0, 1, 3, 4), (1, 2, 0, 3),
                                                       (1, 2, 3, 4)]
     y = R.conv2d(x, w, b, *geo)
     close(K.conv2d(x, w, b, *geo), y, np.float64)
@@ -260,7 +264,7 @@ def test_conv_transpose2d_forward_backward(rng, case, dtype):
 
 
 def test_conv_transpose2d_row_tiles(rng, monkeypatch):
-    monkeypatch.setattr(cuda_conv, "COL_BUDGET", 1)       # one row of one image per tile
+    monkeypatch.setattr(cuda_im2col, "COL_BUDGET", 1)       # one row of one image per tile
     x, w = randn(rng, (2, 2, 3, 2), np.float64), randn(rng, (2, 3, 4, 4), np.float64)
     y = R.conv_transpose2d(x, w, None, (2, 2), (1, 1))
     close(K.conv_transpose2d(x, w, None, (2, 2), (1, 1)), y, np.float64)

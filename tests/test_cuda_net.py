@@ -24,7 +24,7 @@ K = load_cuda()
 from minifcn import layers as L  # noqa: E402
 from minifcn.cli import main  # noqa: E402
 from minifcn.gradcheck import check_net, rel_error  # noqa: E402
-from minifcn.kernels import cuda_util  # noqa: E402
+from minifcn.kernels.cuda import util as cuda_util  # noqa: E402
 from minifcn.net import Net  # noqa: E402
 from minifcn.train import (Trainer, evaluate, load_checkpoint, make_solver,  # noqa: E402
                            predict)

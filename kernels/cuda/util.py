@@ -1,5 +1,7 @@
-"""What every CUDA kernel file shares: the availability check, launch sizes, host <-> device
-copies, fills and the per-channel reduction.
+"""What every CUDA kernel file shares: the availability check, the simulator's shared-array
+lock, launch sizes, device arrays (host <-> device copies, in-place updates of host arrays),
+fills and the per-channel reduction. No twin in kernels/reference.py: on the host there is
+nothing to copy.
 
 Importing this module (and so minifcn.kernels.cuda) raises ImportError with one clear line when
 CUDA cannot run here; the dispatcher turns that into "device 'cuda' is not available: ...".
@@ -158,6 +160,27 @@ def to_host(a):
             a = cuda.as_cuda_array(a)
         return a.copy_to_host()
     return np.asarray(a)
+
+
+def on_device(*arrays):
+    """The arrays as device arrays (to_device of each; None stays None): how every op takes its
+    inputs, so host arrays work too."""
+    return [None if a is None else to_device(a) for a in arrays]
+
+
+# Solver steps update parameters and their buffers in place. On this device they are meant to
+# be device arrays (nothing crosses the bus); a host array still works, through a round trip.
+def in_place(op, arrays, step):
+    """Run step(*device_arrays), then write results back into any host arrays given."""
+    devs = [to_device(a) for a in arrays]
+    for a, d in zip(arrays, devs):
+        if d is not a and is_device_array(a):
+            raise ValueError(f"{op}: a strided device array cannot be updated in place")
+    step(*[flat(d) for d in devs])
+    for a, d in zip(arrays, devs):
+        if d is not a:
+            np.copyto(a, d.copy_to_host())
+
 
 
 def empty(shape, dtype):

@@ -1,19 +1,16 @@
 """Pooling on CUDA: max and average, forward and backward, Caffe's ceil-mode windows.
+Twin: kernels/reference.py, section "pool"; the CPU's version: cpu/pool.py.
 
 One thread per output (forward) or per input pixel (average backward); the window of output o
 along an axis is [o*s - p, min(o*s - p + k, size + p)) clipped to [0, size), as in Caffe and
-kernels/reference.py. Part of the CUDA device: the dispatcher finds these through cuda.py.
+the reference.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .cuda_util import cuda, empty, launch, to_device, typed, zeros
-from .geometry import pool_out
-
-
-def _dev(*arrays):
-    return [to_device(a) for a in arrays]
+from ..geometry import pool_out
+from .util import cuda, empty, launch, on_device, typed, zeros
 
 
 def _pool_shape(x_shape, kernel, stride, pad, ceil_mode):
@@ -51,7 +48,7 @@ def _max_pool_kernel(x, kh, kw, sh, sw, ph, pw, y, argmax):
 
 def max_pool2d(x, kernel, stride, pad, ceil_mode):
     """-> (y (N, C, Ho, Wo), argmax int32: flat h*W + w of each window's winner)."""
-    (x,) = _dev(x)
+    (x,) = on_device(x)
     shape = _pool_shape(x.shape, kernel, stride, pad, ceil_mode)
     y, argmax = empty(shape, x.dtype), empty(shape, np.int32)
     _max_pool_kernel[launch(y.size)](x, *kernel, *stride, *pad, y, argmax)
@@ -73,7 +70,7 @@ def _max_unpool_kernel(dout, argmax, dx):
 
 def max_pool2d_backward(dout, argmax, x_shape):
     """dx (x_shape): each output gradient routed to the pixel that won its window."""
-    dout, argmax = _dev(dout, argmax)
+    dout, argmax = on_device(dout, argmax)
     N, C, H, W = x_shape
     dx = zeros((N * C, H * W), dout.dtype)
     Ho, Wo = dout.shape[2:]
@@ -108,7 +105,7 @@ def _avg_pool_kernel(T):
 
 def avg_pool2d(x, kernel, stride, pad, ceil_mode):
     """y (N, C, Ho, Wo): window means, divisor = the window clipped to the padded input."""
-    (x,) = _dev(x)
+    (x,) = on_device(x)
     y = empty(_pool_shape(x.shape, kernel, stride, pad, ceil_mode), x.dtype)
     _avg_pool_kernel(x.dtype)[launch(y.size)](x, *kernel, *stride, *pad, y)
     return y
@@ -141,7 +138,7 @@ def _avg_unpool_kernel(T):
 
 def avg_pool2d_backward(dout, x_shape, kernel, stride, pad, ceil_mode):
     """dx (x_shape): each output gradient spread evenly over its window."""
-    (dout,) = _dev(dout)
+    (dout,) = on_device(dout)
     dx = empty(x_shape, dout.dtype)
     _avg_unpool_kernel(dout.dtype)[launch(dx.size)](dout, *kernel, *stride, *pad, dx)
     return dx

@@ -1,5 +1,6 @@
-"""Convolution on CUDA as im2col + tiled GEMM, and transposed convolution as the same two
-loops run backwards (its forward is col2im(W^T x), its backward im2col).
+"""im2col / col2im on CUDA, the column buffer and its tiles: what conv.py feeds to the tiled GEMM
+(gemm.py). Twin: kernels/reference.py, section "conv" (one product per kernel tap there; here
+the taps laid out as the rows of a column matrix). The CPU's version: cpu/im2col.py.
 
 The column matrix of a big image is huge (conv1_2 of VGG16 at 500x500 with FCN's pad 100
 would need 1.1 GB), so, as on the CPU, it is built for a tile of output rows at a time and
@@ -15,10 +16,11 @@ the column block starting at (n - n0)*P: both are plain offsets for the GEMM.
 """
 from __future__ import annotations
 
-from .cuda_gemm import gemm_raw
-from .geometry import row_tiles
-from .cuda_util import cuda, empty, flat, launch
+from ..geometry import row_tiles
+from .util import cuda, empty, launch
 
+
+# ----------------------------------------------------------------------------- tiles and scratch
 COL_BUDGET = 64 << 20      # bytes of im2col buffer per tile
 _scratch_bufs = {}         # dtype -> flat device buffer, grown on demand and reused
 
@@ -118,66 +120,3 @@ def _col2im(col, n0, n1, kh, kw, stride, pad, dilation, r0, r1, Wo, dx):
     total = (n1 - n0) * dx.shape[1] * (h_hi - h_lo) * dx.shape[3]
     _col2im_kernel[launch(total)](col, n0, n1 - n0, kh, kw, *stride, *pad, *dilation,
                                   r0, r1 - r0, Wo, h_lo, h_hi, dx)
-
-
-# ----------------------------------------------------------------------------- drivers
-# All three take device arrays of one dtype, C-contiguous; w is (F, C/groups, kh, kw) in the
-# convolution's own sense (F outputs from C inputs), whatever op calls them.
-def forward(x, w, y, stride, pad, dilation, groups, accumulate):
-    """y (N, F, Ho, Wo) (+)= conv(x, w): per tile, im2col then for each group
-    y_g[n] (Fg x P) = w_g (Fg x K) @ col_g[n] (K x P), one batched GEMM over the tile's images."""
-    N, C, H, W = x.shape
-    F, Cg, kh, kw = w.shape
-    Ho, Wo = y.shape[2:]
-    Fg, K = F // groups, Cg * kh * kw
-    HW = Ho * Wo
-    wf, yf = flat(w), flat(y)
-    for n0, n1, r0, r1 in _tiles(N, Ho, Wo, C * kh * kw, y.dtype.itemsize):
-        P, L = (r1 - r0) * Wo, (n1 - n0) * (r1 - r0) * Wo
-        col = _scratch(y.dtype, C * kh * kw * L)
-        _im2col(x, n0, n1, kh, kw, stride, pad, dilation, r0, r1, Wo, col)
-        for g in range(groups):
-            gemm_raw(Fg, P, K, wf, g * Fg * K, K, col, g * K * L, L,
-                     yf, (n0 * F + g * Fg) * HW + r0 * Wo, HW, accumulate=accumulate,
-                     nbatch=n1 - n0, a_bs=0, b_bs=P, c_bs=F * HW)
-
-
-def backward_data(dout, w, dx, stride, pad, dilation, groups):
-    """dx (N, C, H, W) += conv's input gradient: per tile, col_g[n] (K x P) = w_g^T (K x Fg)
-    @ dout_g[n] (Fg x P) for every image in one batched GEMM, then col2im adds the columns back
-    onto the pixels they came from."""
-    N, C, H, W = dx.shape
-    F, Cg, kh, kw = w.shape
-    Ho, Wo = dout.shape[2:]
-    Fg, K = F // groups, Cg * kh * kw
-    HW = Ho * Wo
-    wf, df = flat(w), flat(dout)
-    for n0, n1, r0, r1 in _tiles(N, Ho, Wo, C * kh * kw, dx.dtype.itemsize):
-        P, L = (r1 - r0) * Wo, (n1 - n0) * (r1 - r0) * Wo
-        col = _scratch(dx.dtype, C * kh * kw * L)
-        for g in range(groups):
-            gemm_raw(K, P, Fg, wf, g * Fg * K, K, df, (n0 * F + g * Fg) * HW + r0 * Wo, HW,
-                     col, g * K * L, L, trans_a=True,
-                     nbatch=n1 - n0, a_bs=0, b_bs=F * HW, c_bs=P)
-        _col2im(col, n0, n1, kh, kw, stride, pad, dilation, r0, r1, Wo, dx)
-
-
-def backward_weight(dout, x, dw, stride, pad, dilation, groups):
-    """dw (F, Cg, kh, kw) += conv's weight gradient: per tile and image,
-    dw_g (Fg x K) += dout_g[n] (Fg x P) @ col_g[n]^T (P x K). Images are separate GEMMs here:
-    they all add into the same dw, so they cannot run as concurrent batches."""
-    N, C, H, W = x.shape
-    F, Cg, kh, kw = dw.shape
-    Ho, Wo = dout.shape[2:]
-    Fg, K = F // groups, Cg * kh * kw
-    HW = Ho * Wo
-    dwf, df = flat(dw), flat(dout)
-    for n0, n1, r0, r1 in _tiles(N, Ho, Wo, C * kh * kw, dw.dtype.itemsize):
-        P, L = (r1 - r0) * Wo, (n1 - n0) * (r1 - r0) * Wo
-        col = _scratch(dw.dtype, C * kh * kw * L)
-        _im2col(x, n0, n1, kh, kw, stride, pad, dilation, r0, r1, Wo, col)
-        for n in range(n0, n1):
-            for g in range(groups):
-                gemm_raw(Fg, K, P, df, (n * F + g * Fg) * HW + r0 * Wo, HW,
-                         col, g * K * L + (n - n0) * P, L, dwf, g * Fg * K, K,
-                         trans_b=True, accumulate=True)

@@ -1,5 +1,8 @@
 """A hand-written tiled GEMM for CUDA: the one kernel that does the arithmetic of every
-convolution (forward, both backwards, and the transposed convolution).
+convolution (forward, both backwards, and the transposed convolution). Twin: kernels/reference.py,
+section "conv" (there NumPy's einsum per kernel tap; on the CPU, numpy's BLAS: cpu/im2col.py).
+The package exposes gemm() itself as minifcn.kernels.cuda.gemm, so that name is the function;
+the tuning knobs below live on this module (importlib.import_module of its full name).
 
     C[b] (M x N) = op(A[b]) @ op(B[b])  (+ C[b] when accumulate),  op = identity or transpose
 
@@ -33,7 +36,7 @@ import functools
 
 import numpy as np
 
-from .cuda_util import SIM, cuda, empty, flat, launch, sm_count, to_device, typed
+from .util import SIM, cuda, empty, flat, launch, sm_count, to_device, typed
 
 BK = 8                # depth of one shared-memory slab
 TPB = 16              # threads per block along each axis (TPB x TPB = 256 threads)
