@@ -11,7 +11,8 @@ PY=${PY:-python3}
 mkdir -p "$OUT"
 export NUMBA_ENABLE_CUDASIM=${NUMBA_ENABLE_CUDASIM:-0} PYTHONUNBUFFERED=1
 # Without `pip install`, give Python the layout pip's package_dir makes (kernels/ ->
-# minifcn.kernels), and the repository on the path (scripts in benchmarks/ import minifcn).
+# minifcn.kernels, its cpu/ and cuda/ packages with it), and the repository on the path
+# (scripts in benchmarks/ import minifcn).
 $PY -c "import minifcn.kernels" 2>/dev/null || ln -sfn ../kernels minifcn/kernels
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Wheels carried in .whl/ (the machine has no network) go first on the path. Seen needed: an

@@ -2,9 +2,14 @@
 
 Each function is written for clarity, not speed: convolution loops over the kernel taps and
 does one small matrix product per tap; pooling loops over output positions. The fast kernels
-(cpu.py, cuda.py) are tested against these. Arguments arrive normalised by
-minifcn.functional: every kernel/stride/pad/dilation is an (h, w) tuple of ints, arrays are
-NCHW, shapes have been checked.
+(the packages kernels/cpu/ and kernels/cuda/) are tested against these. Arguments arrive
+normalised by minifcn.functional: every kernel/stride/pad/dilation is an (h, w) tuple of ints,
+arrays are NCHW, shapes have been checked.
+
+Each section below is named after the file of each fast package that holds its twin (its
+header lists them), so the naive and the fast version of an op can be read side by side:
+conv, pool, pointwise, lrn, loss, solver, arrays, score. An op a fast package lacks falls
+back to this file (the cpu device's crop, for one).
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ def _pad(x, pad):
     return np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
 
 
-# ----------------------------------------------------------------------------- convolution
+# ----------------------------------------------------------------------------- conv
+# Twins: cpu/conv.py (the routes), cpu/im2col.py, cpu/winograd.py; cuda/conv.py,
+# cuda/im2col.py, cuda/gemm.py.
 def conv2d(x, w, b, stride, pad, dilation, groups):
     """y[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f, c, i, j] * xpad[n, c, oh*s + i*d, ow*s + j*d]."""
     N, C, H, W = x.shape
@@ -102,7 +109,8 @@ def conv_transpose2d_backward(dout, x, w, stride, pad, need_dx=True, need_dw=Tru
     return dx, dw, dout.sum(axis=(0, 2, 3))
 
 
-# ----------------------------------------------------------------------------- pooling
+# ----------------------------------------------------------------------------- pool
+# Twins: cpu/pool.py, cuda/pool.py.
 def _windows(size, kernel, stride, pad, ceil_mode):
     """(start, end, divisor_extent) of each pooling window along one axis, Caffe's way."""
     for o in range(pool_out(size, kernel, stride, pad, ceil_mode)):
@@ -163,6 +171,7 @@ def avg_pool2d_backward(dout, x_shape, kernel, stride, pad, ceil_mode):
 
 
 # ----------------------------------------------------------------------------- pointwise
+# Twins: cpu/pointwise.py (relu, dropout), cuda/pointwise.py (all of them).
 def relu(x, slope):
     """max(x, 0), or a leaky slope for x < 0."""
     return np.where(x > 0, x, x * x.dtype.type(slope))
@@ -211,7 +220,8 @@ def scale(x, c):
     return x * x.dtype.type(c)
 
 
-# ----------------------------------------------------------------------------- LRN
+# ----------------------------------------------------------------------------- lrn
+# Twins: the lrn sections of cpu/pointwise.py and cuda/pointwise.py.
 def _lrn_scale(x, size, alpha, k):
     """scale[c] = k + alpha/size * sum of x^2 over the channel window of c (Caffe's pre-pad
     (size-1)//2 in front)."""
@@ -243,6 +253,7 @@ def lrn_backward(dout, x, size, alpha, beta, k):
 
 
 # ----------------------------------------------------------------------------- loss
+# Twins: cpu/loss.py, cuda/loss.py.
 def softmax_cross_entropy(scores, labels, ignore_label, normalize, class_weights):
     """Mean (or summed) -log softmax(scores)[label] over pixels; pixels labelled ignore_label
     count for nothing. Returns (loss, dscores). Normalisation:
@@ -268,7 +279,8 @@ def softmax_cross_entropy(scores, labels, ignore_label, normalize, class_weights
     return float(loss), d.astype(scores.dtype, copy=False)
 
 
-# ----------------------------------------------------------------------------- solver updates
+# ----------------------------------------------------------------------------- solver
+# Twins: cpu/solver.py, cuda/solver.py.
 def sgd_update(param, grad, buf, lr, momentum, weight_decay):
     """Caffe's SGD step, in place: buf = momentum*buf + lr*(grad + weight_decay*param);
     param -= buf."""
@@ -291,8 +303,9 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
 
 
 # ----------------------------------------------------------------------------- arrays
+# Twin: cuda/arrays.py (the cpu device uses these).
 # What a Net and a solver do between ops. On the host each is the NumPy expression it names;
-# a device's version (cuda.py) does the same where that device keeps its arrays.
+# a device's version does the same where that device keeps its arrays.
 def asarray(a):
     """`a` as this device holds arrays: a NumPy array. NumPy arrays pass through (no copy); an
     array on a GPU (anything with copy_to_host, e.g. a Numba device array) is copied back."""
@@ -318,7 +331,8 @@ def accumulate(dst, src):
     return dst
 
 
-# ----------------------------------------------------------------------------- scoring
+# ----------------------------------------------------------------------------- score
+# Twin: cuda/score.py (the cpu device uses these).
 def argmax(scores):
     """The class map (N, H, W) of scores (N, C, H, W): the first highest class wins ties."""
     return scores.argmax(axis=1)
