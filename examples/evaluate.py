@@ -9,7 +9,9 @@ over the whole split; each image is run at its own size.
 """
 import argparse
 
-from minifcn import cli, metrics, train
+from minifcn import metrics, models, train
+from minifcn.data import open_dataset
+from minifcn.weights import load_weights
 
 
 def main(argv=None):
@@ -22,9 +24,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
 
-    dataset, num_classes = cli.load_dataset(a.data, a.split, a.num_classes)
-    net = cli.build_model(a.model, num_classes)
-    cli.load_weights(net, a.weights)
+    dataset, num_classes = open_dataset(a.data, a.split, a.num_classes)
+    net = models.build(a.model, num_classes=num_classes)
+    load_weights(net, a.weights)
     net.to(a.device)
     scores = train.evaluate(net, dataset, num_classes, progress=True)
     print(metrics.format_table(scores, getattr(dataset, "class_names", None)))

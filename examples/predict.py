@@ -12,8 +12,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from minifcn import cli, train, viz
+from minifcn import models, train, viz
 from minifcn.data import preprocess
+from minifcn.weights import load_weights
 
 
 def main(argv=None):
@@ -26,8 +27,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
 
-    net = cli.build_model(a.model, a.num_classes, loss=False)
-    cli.load_weights(net, a.weights)
+    net = models.build(a.model, num_classes=a.num_classes, loss=False)
+    load_weights(net, a.weights)
     net.to(a.device)
     masks = {}
     for path in a.images:

@@ -51,42 +51,22 @@ def model_names():
 
 
 def build_model(name, num_classes, loss=True, **kw):
+    """models.build, with an unknown name reported as a usage mistake."""
     from . import models
-    if name not in models.MODELS:
-        raise UsageError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
-    return models.MODELS[name](num_classes=num_classes, loss=loss, **kw)
+    try:
+        return models.build(name, num_classes=num_classes, loss=loss, **kw)
+    except models.UnknownModel as e:
+        raise UsageError(str(e)) from None
 
 
 def load_dataset(spec, split, num_classes=None, sbd=False, n=None, seed=0):
-    """('synthetic' or a VOC directory, split) -> (dataset, num_classes), validated."""
-    from . import data
-    if spec == "synthetic":
-        n_train, n_val = (n, max(1, n // 4)) if n else (400, 100)
-        train, val = data.synthetic_splits(n_train, n_val, seed=seed,
-                                           num_classes=num_classes or 5)
-        ds = {"train": train, "val": val}.get(split)
-        if ds is None:
-            raise UsageError(f"the synthetic dataset has splits 'train' and 'val', not {split!r}")
-        return ds, ds.num_classes
-    if not os.path.isdir(spec):
-        raise FileNotFoundError(f"dataset directory {spec} does not exist")
-    if num_classes is None:
-        num_classes = len(data.VOC_CLASSES)
-    data.validate_voc(spec, split, num_classes, sbd=sbd)
-    return data.VOCSegmentation(spec, split, sbd=sbd), num_classes
+    from .data import open_dataset
+    return open_dataset(spec, split, num_classes, sbd=sbd, n=n, seed=seed)
 
 
 def load_weights(net, path):
-    """Plain weights (Net.save) or a training checkpoint: either fills the net."""
-    from .train import load_checkpoint
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    with np.load(path, allow_pickle=False) as f:
-        is_checkpoint = "info" in f.files
-    if is_checkpoint:
-        load_checkpoint(path, net)
-    else:
-        net.load(path)
+    from .weights import load_weights
+    return load_weights(net, path)
 
 
 # ----------------------------------------------------------------------------- verbs

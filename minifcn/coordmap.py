@@ -1,30 +1,32 @@
 """Coordinate maps: where a unit of one blob sits in another, derived from the layers.
 
 Caffe's coord_map.py rules, per spatial axis, as exact fractions. A layer maps a coordinate x
-of its bottom to the coordinate y = a*x + b of its top:
+of its bottom to the coordinate y = a*x + b of its top; each layer class states its own rule
+(``layer.coord_map()``, see minifcn.layers):
     conv / pool    a = 1/s,  b = (p - (k_e - 1)/2) / s        k_e = d(k - 1) + 1
     deconv         a = s,    b = (k_e - 1)/2 - p
     crop           a = 1,    b = -offset
     pointwise      a = 1,    b = 0          (ReLU, Dropout, Sum, Scale, LRN)
-Maps compose, (a1, b1) o (a2, b2) = (a1 a2, a1 b2 + b1), and invert, (1/a, -b/a). The map
-between two blobs walks back from both to a common ancestor. A Crop's offset is then -b of the
-map from the blob it cuts to its reference blob, which must be a pure integer shift (a = 1,
-b <= 0): that is how FCN aligns its upsampled scores with the input for any input size.
+    anything else  no map (UndefinedMap): a fully connected layer, or a type that defines none
+This module knows no layer types: it composes what the layers say. Maps compose,
+(a1, b1) o (a2, b2) = (a1 a2, a1 b2 + b1), and invert, (1/a, -b/a). The map between two blobs
+walks back from both to a common ancestor. A Crop's offset is then -b of the map from the blob
+it cuts to its reference blob, which must be a pure integer shift (a = 1, b <= 0): that is how
+FCN aligns its upsampled scores with the input for any input size.
 
 Receptive fields are derived the same way, by walking forward from the input with the
-composition rule of the paper: f_ks o g_k's' = (f o g)_{k' + (k-1)s', ss'}.
+composition rule of the paper, f_ks o g_k's' = (f o g)_{k' + (k-1)s', ss'} (``layer.extent``).
 
 Shapes for a given input size (``blob_shapes``) follow the engine's own output-size rules
-(kernels/geometry.py), so the table ``rf_table`` prints, and every check built on it (such as
-"does every crop fit at every input size?"), needs no forward pass.
+(``layer.out_shape``, kernels/geometry.py), so the table ``rf_table`` prints, and every check
+built on it (such as "does every crop fit at every input size?"), needs no forward pass.
 """
 from __future__ import annotations
 
 import math
 from fractions import Fraction
 
-from . import layers as L
-from .kernels.geometry import conv_out, deconv_out, pair, pool_out
+from .kernels.geometry import pair
 
 IDENTITY = ((Fraction(1), Fraction(0)),) * 2
 
@@ -43,21 +45,7 @@ class ShapeError(ValueError):
 
 def layer_map(layer):
     """((a_h, b_h), (a_w, b_w)): the layer's map from bottom to top coordinates."""
-    if isinstance(layer, L.InnerProduct):
-        raise UndefinedMap("a fully connected layer has no coordinate map")
-    if isinstance(layer, (L.Conv, L.MaxPool)):            # AvgPool is a MaxPool subclass
-        return tuple((Fraction(1, s), Fraction(2 * p - (d * (k - 1) + 1) + 1, 2 * s))
-                     for k, s, p, d in zip(layer.kernel, layer.stride, layer.pad,
-                                           layer.dilation))
-    if isinstance(layer, L.Deconv):
-        return tuple((Fraction(s), Fraction(d * (k - 1), 2) - p)
-                     for k, s, p, d in zip(layer.kernel, layer.stride, layer.pad,
-                                           layer.dilation))
-    if isinstance(layer, L.Crop):
-        if layer.offset is None:
-            raise UndefinedMap("crop offset not derived yet")
-        return tuple((Fraction(1), Fraction(-o)) for o in layer.offset)
-    return IDENTITY
+    return layer.coord_map()
 
 
 def compose(m1, m2):
@@ -86,24 +74,26 @@ def is_integer_shift(m):
 # A node is (blob, layer that produced it): in-place layers reuse a blob's name, so the name
 # alone does not say which version a consumer read.
 def _sources(net, layer_name):
-    """The nodes a layer reads; a Crop's reference bottom only lends its shape, so only the
-    first bottom is walked (as Caffe does)."""
-    bottoms = net.bottoms[layer_name]
-    srcs = net.bottom_sources[layer_name]
-    n = 1 if isinstance(net.layers[layer_name], L.Crop) else len(bottoms)
-    return list(zip(bottoms, srcs))[:n]
+    """The nodes whose coordinates reach a layer's top: all its bottoms, or the first
+    ``layer.spatial_bottoms`` of them (a Crop's reference only lends its shape; Caffe walks
+    the first bottom only)."""
+    n = net.layers[layer_name].spatial_bottoms
+    return list(zip(net.bottoms[layer_name], net.bottom_sources[layer_name]))[:n]
 
 
-def _maps_to(net, node):
-    """{ancestor node: map from the ancestor's coordinates to node's} by walking back."""
+def _maps_to(net, node, blocked=None):
+    """{ancestor node: map from the ancestor's coordinates to node's} by walking back. A layer
+    without a map is not crossed; its name is added to `blocked` (for the error message)."""
     maps, frontier = {node: IDENTITY}, [node]
     while frontier:
         blob, producer = frontier.pop()
         if producer is None:
             continue
         try:
-            m = compose(maps[(blob, producer)], layer_map(net.layers[producer]))
-        except UndefinedMap:
+            m = compose(maps[(blob, producer)], net.layers[producer].coord_map())
+        except UndefinedMap as e:
+            if blocked is not None:
+                blocked.append(f"{producer!r} ({e})")
             continue
         for src in _sources(net, producer):
             if src not in maps:
@@ -120,11 +110,14 @@ def _node(net, blob):
 
 def map_between(net, from_node, to_node):
     """The map from from_node's coordinates to to_node's, through a common ancestor."""
-    from_maps, to_maps = _maps_to(net, from_node), _maps_to(net, to_node)
+    blocked = []
+    from_maps, to_maps = _maps_to(net, from_node, blocked), _maps_to(net, to_node, blocked)
     common = [n for n in to_maps if n in from_maps]
     if not common:
+        why = f" (the walk stopped at layer {', '.join(blocked)})" if blocked else ""
         raise UndefinedMap(f"{net.name}: blobs {from_node[0]!r} and {to_node[0]!r} share no "
-                           f"ancestor through spatial layers; no coordinate map between them")
+                           f"ancestor through spatial layers; no coordinate map between "
+                           f"them{why}")
     c = common[0]
     return compose(to_maps[c], inverse(from_maps[c]))
 
@@ -149,7 +142,7 @@ def crop_offset(net, layer_name):
 def derive_crop_offsets(net):
     """Set every Crop layer's offset from the graph (explicit offsets are left alone)."""
     for name, layer in net.layers.items():
-        if isinstance(layer, L.Crop) and not layer.explicit:
+        if getattr(layer, "derives_offset", False):
             layer.offset = crop_offset(net, name)
 
 
@@ -161,37 +154,6 @@ _fmt = fmt_map          # the old private name
 
 
 # ----------------------------------------------------------------------------- receptive fields
-def _layer_extent(layer, lo, hi, stride):
-    """The input interval [lo, hi] (and stride) seen by unit 0 of a layer's top, given the
-    interval of unit 0 of its bottom. One axis at a time; inputs are per-axis triples."""
-    if isinstance(layer, (L.Conv, L.MaxPool)) and not isinstance(layer, L.InnerProduct):
-        out = []
-        for (lo_, hi_, s_), k, s, p, d in zip(zip(lo, hi, stride), layer.kernel, layer.stride,
-                                              layer.pad, layer.dilation):
-            ke = d * (k - 1) + 1
-            out.append((lo_ - p * s_, hi_ + (ke - 1 - p) * s_, s_ * s))
-        return out
-    if isinstance(layer, L.Deconv):
-        out = []
-        for (lo_, hi_, s_), k, s, p in zip(zip(lo, hi, stride), layer.kernel, layer.stride,
-                                           layer.pad):
-            # top unit o reads bottom units i with 0 <= o + p - i*s < k. Units of one period
-            # (o = 0..s-1) read different sets; the interval is their union, which starts
-            # where unit 0's does (an upper bound on any one unit's field)
-            first = min(math.ceil((o + p - k + 1) / s) for o in range(s))
-            last = max((o + p) // s for o in range(s))
-            out.append((lo_ + first * s_, hi_ + last * s_, Fraction(s_, s)))
-        return out
-    if isinstance(layer, L.Crop):
-        return [(lo_ + o * s_, hi_ + o * s_, s_) for lo_, hi_, s_, o in
-                zip(lo, hi, stride, layer.offset)]
-    if isinstance(layer, L.InnerProduct):
-        c, h, w = layer.in_shape
-        return [(lo[0], hi[0] + (h - 1) * stride[0], stride[0]),
-                (lo[1], hi[1] + (w - 1) * stride[1], stride[1])]
-    return list(zip(lo, hi, stride))
-
-
 def _extents(net, input_blob=None):
     """{node: [(lo, hi, stride) per axis]} for every node reached from the input."""
     input_blob = input_blob or net.inputs[0]
@@ -200,7 +162,10 @@ def _extents(net, input_blob=None):
         srcs = [s for s in _sources(net, name) if s in ext]
         if not srcs or layer.is_loss:
             continue
-        per = [_layer_extent(layer, *zip(*ext[s])) for s in srcs]
+        try:
+            per = [layer.extent(ext[s]) for s in srcs]
+        except UndefinedMap:
+            continue                      # not reached through a layer without a map
         merged = [(min(p[ax][0] for p in per), max(p[ax][1] for p in per), per[0][ax][2])
                   for ax in range(2)]
         for t in net.tops[name]:
@@ -249,58 +214,14 @@ def unit_field(net, blob, unit, input_blob=None):
 # ----------------------------------------------------------------------------- shapes
 def _first_conv_channels(net, input_blob):
     for name in net._consumers.get(input_blob, []):
-        layer = net.layers[name]
-        if isinstance(layer, (L.Conv, L.Deconv)):
-            return layer.in_ch
+        c = getattr(net.layers[name], "in_ch", None)
+        if c is not None:
+            return c
     return None
 
 
-def _layer_shape(net, name, layer, shapes):
-    """(C, H, W) of a layer's top from its bottoms' shapes, by the engine's size rules."""
-    ins = [shapes[s] for s in _sources(net, name)]
-    c, h, w = ins[0]
-    where = f"{net.name}: layer {name!r} ({type(layer).__name__}) on {c}x{h}x{w}"
-    if isinstance(layer, L.InnerProduct):
-        if c is not None and (c, h, w) != layer.in_shape or (h, w) != layer.in_shape[1:]:
-            raise ShapeError(f"{where}: a fully connected layer needs exactly "
-                             f"{'x'.join(map(str, layer.in_shape))}")
-        return (layer.out_ch, 1, 1)
-    if isinstance(layer, L.Conv):
-        out = tuple(conv_out(n, k, s, p, d) for n, k, s, p, d in
-                    zip((h, w), layer.kernel, layer.stride, layer.pad, layer.dilation))
-        if min(out) < 1:
-            raise ShapeError(f"{where}: input too small for kernel {layer.kernel}, pad "
-                             f"{layer.pad}, dilation {layer.dilation}")
-        return (layer.out_ch,) + out
-    if isinstance(layer, L.Deconv):
-        out = tuple(deconv_out(n, k, s, p) for n, k, s, p in
-                    zip((h, w), layer.kernel, layer.stride, layer.pad))
-        if min(out) < 1:
-            raise ShapeError(f"{where}: empty output for kernel {layer.kernel}, pad {layer.pad}")
-        return (layer.out_ch,) + out
-    if isinstance(layer, L.MaxPool):
-        # as minifcn.functional: ceil mode may hang a window over the edge, but the output
-        # must not be empty
-        out = tuple(pool_out(n, k, s, p, layer.ceil_mode) for n, k, s, p in
-                    zip((h, w), layer.kernel, layer.stride, layer.pad))
-        if min(out) < 1:
-            raise ShapeError(f"{where}: input too small for pooling kernel {layer.kernel}, "
-                             f"stride {layer.stride}")
-        return (c,) + out
-    if isinstance(layer, L.Crop):
-        (_, hr, wr) = shapes[list(zip(net.bottoms[name], net.bottom_sources[name]))[1]]
-        oh, ow = layer.offset
-        if oh + hr > h or ow + wr > w:
-            raise ShapeError(f"{where}: crop {name!r} cannot take {hr}x{wr} at offset "
-                             f"{layer.offset} from {net.bottoms[name][0]!r} ({h}x{w})")
-        return (c, hr, wr)
-    if isinstance(layer, L.Sum):
-        if any(s[1:] != (h, w) for s in ins):
-            listed = ", ".join(f"{b} {s[1]}x{s[2]}" for b, s in zip(net.bottoms[name], ins))
-            raise ShapeError(f"{net.name}: layer {name!r} (Sum) adds blobs of different sizes: "
-                             f"{listed}")
-        return (c, h, w)
-    return (c, h, w)
+def _fmt_shape(shape):
+    return "x".join("?" if v is None else str(v) for v in shape)
 
 
 def _shapes(net, size, input_blob=None, channels=None, strict=True):
@@ -313,20 +234,22 @@ def _shapes(net, size, input_blob=None, channels=None, strict=True):
     shapes = {(input_blob, None): (channels, H, W)}
     error = None
     for name, layer in net.layers.items():
-        srcs = _sources(net, name)
+        srcs = list(zip(net.bottoms[name], net.bottom_sources[name]))
         if layer.is_loss:
             if srcs[0] in shapes:
                 shapes[(net.tops[name][0], name)] = ()
             continue
-        if any(s not in shapes for s in srcs) or isinstance(layer, L.Crop) and \
-                list(zip(net.bottoms[name], net.bottom_sources[name]))[1] not in shapes:
+        if any(s not in shapes for s in srcs):
             continue                         # reads something not derived from the input
         if any(shapes[s] is None for s in srcs):
             out = None
         else:
             try:
-                out = _layer_shape(net, name, layer, shapes)
+                out = tuple(layer.out_shape(*(shapes[s] for s in srcs)))
             except ShapeError as e:
+                on = ", ".join(f"{b} {_fmt_shape(shapes[(b, p)])}" for b, p in srcs)
+                e = ShapeError(f"{net.name}: layer {name!r} ({type(layer).__name__}) on {on}: "
+                               f"{e}")
                 if strict:
                     raise ShapeError(f"{e} (input {H}x{W})") from None
                 error, out = error or e, None
@@ -403,10 +326,7 @@ def rf_table(net, size=(500, 500), input_blob=None):
                     _pair_str([r[2] for r in rf]))
         else:
             rf_s = ("-", "-", "-")
-        crop = ""
-        if isinstance(layer, L.Crop):
-            crop = "offset " + _pair_str(layer.offset) + (" (explicit)" if layer.explicit else "")
-        rows.append((name, type(layer).__name__, top, out) + rf_s + (crop,))
+        rows.append((name, type(layer).__name__, top, out) + rf_s + (layer.note(),))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{net.name}: input {H}x{W}; rf = receptive field size on the input (after an "
              f"upsampling: the span of one period of units), stride = input pixels between "

@@ -573,3 +573,24 @@ class Loader:
         self.epoch = int(state["epoch"])
         self._order = None if state["order"] is None else np.asarray(state["order"], dtype=np.int64)
         self._pos = int(state["pos"])
+
+
+# ----------------------------------------------------------------------------- by name
+def open_dataset(spec, split, num_classes=None, sbd=False, n=None, seed=0):
+    """('synthetic' or a VOC-layout directory, split name) -> (dataset, num_classes), the
+    directory validated first (DatasetError naming the file and the problem). The synthetic
+    set has splits 'train' (n images, default 400) and 'val' (n // 4, default 100)."""
+    if spec == "synthetic":
+        n_train, n_val = (n, max(1, n // 4)) if n else (400, 100)
+        train, val = synthetic_splits(n_train, n_val, seed=seed, num_classes=num_classes or 5)
+        ds = {"train": train, "val": val}.get(split)
+        if ds is None:
+            raise DatasetError(f"the synthetic dataset has splits 'train' and 'val', not "
+                               f"{split!r}")
+        return ds, ds.num_classes
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(f"dataset directory {spec} does not exist")
+    if num_classes is None:
+        num_classes = len(VOC_CLASSES)
+    validate_voc(spec, split, num_classes, sbd=sbd)
+    return VOCSegmentation(spec, split, sbd=sbd), num_classes

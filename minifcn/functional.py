@@ -329,3 +329,79 @@ def softmax_cross_entropy(scores, labels, ignore_label=255, normalize="valid",
                              f"ignore_label={ignore_label}")
         labels = np.ascontiguousarray(labels, dtype=np.int32)
     return get(op, device)(scores, labels, int(ignore_label), normalize, class_weights)
+
+
+# ----------------------------------------------------------------------------- solver updates
+def _check_like(op, param, **arrays):
+    for name, a in arrays.items():
+        _check_same_shape(op, name, a, param.shape)
+
+
+def sgd_update(param, grad, buf, lr, momentum, weight_decay, *, device=None):
+    """Caffe's SGD step, in place: buf = momentum buf + lr (grad + wd param); param -= buf."""
+    _check_like("sgd_update", param, grad=grad, buf=buf)
+    return get("sgd_update", device)(param, grad, buf, float(lr), float(momentum),
+                                     float(weight_decay))
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t, *, device=None):
+    """One Adam step (Kingma & Ba) at step t >= 1, in place on param, m and v; L2 weight decay
+    is added to the gradient, as Caffe's solvers do."""
+    _check_like("adam_update", param, grad=grad, m=m, v=v)
+    if int(t) < 1:
+        raise ValueError(f"adam_update: step t must be >= 1, got {t}")
+    return get("adam_update", device)(param, grad, m, v, float(lr), float(beta1), float(beta2),
+                                      float(eps), float(weight_decay), int(t))
+
+
+# ----------------------------------------------------------------------------- arrays
+# The chores a Net and a solver do between ops, on the device that holds the arrays. On the
+# host devices each is the one-line NumPy expression it names; on cuda the arrays stay on the
+# GPU and only what to_host returns comes back.
+def asarray(a, *, device=None):
+    """`a` as `device` holds arrays (a NumPy array on numpy/cpu, a GPU array on cuda); no copy
+    when it is there already."""
+    return get("asarray", device)(a)
+
+
+def to_host(a, *, device=None):
+    """A NumPy array with a's values (copied back from a GPU if it lives there)."""
+    return get("to_host", device)(a)
+
+
+def zeros_like(a, *, device=None):
+    return get("zeros_like", device)(a)
+
+
+def add(a, b, *, device=None):
+    """a + b, a new array (two gradients reaching one blob)."""
+    _check_same_shape("add", "b", b, a.shape)
+    return get("add", device)(a, b)
+
+
+def accumulate(dst, src, *, device=None):
+    """dst += src in place (gradients summed over iter_size passes); returns dst."""
+    _check_same_shape("accumulate", "src", src, dst.shape)
+    return get("accumulate", device)(dst, src)
+
+
+# ----------------------------------------------------------------------------- scoring
+def argmax(scores, *, device=None):
+    """The class map (N, H, W) of scores (N, C, H, W); the first highest class wins ties."""
+    _check_ndim("argmax", "scores", scores, 4)
+    return get("argmax", device)(scores)
+
+
+def confusion_update(hist, gt, pred, num_classes, *, device=None):
+    """hist (n, n) int64 += the confusion counts of gt (rows) vs pred (columns), the
+    reference's fast_hist; gt and pred hold the same pixels in any shape, and pixels whose gt
+    is outside [0, n) (255: void) are skipped.
+    Returns hist."""
+    n = int(num_classes)
+    if tuple(hist.shape) != (n, n):
+        raise ValueError(f"confusion_update: hist has shape {tuple(hist.shape)}, expected "
+                         f"({n}, {n})")
+    if gt.size != pred.size:
+        raise ValueError(f"confusion_update: gt {tuple(gt.shape)} and pred {tuple(pred.shape)} "
+                         f"hold different numbers of pixels")
+    return get("confusion_update", device)(hist, gt, pred, n)

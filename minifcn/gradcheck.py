@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import get
+from . import functional as F
 
 
 def numeric_grad(f, x, h=1e-6, indices=None):
@@ -68,10 +68,9 @@ def check_net(net, inputs, n_probe=20, seed=0, h=1e-6, numeric_device=None):
     if not isinstance(dinputs, dict):
         dinputs = {net.inputs[0]: dinputs}
     analytic = dict(net.grads(host=True))
-    to_host = get("to_host", net.device)
     for k, v in inputs.items():
         if np.issubdtype(np.asarray(v).dtype, np.floating) and dinputs.get(k) is not None:
-            analytic[k] = to_host(dinputs[k])
+            analytic[k] = F.to_host(dinputs[k], device=net.device)
 
     device = net.device
     on_host = all(isinstance(v, np.ndarray) for v in net.params().values())

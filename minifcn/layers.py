@@ -11,18 +11,28 @@ lr_mult of 0 freezes a parameter, and its gradient is then never computed.
 
 A layer's parameters and gradients live where its device keeps arrays: ``layer.to("cuda")``
 (or ``net.to("cuda")``) copies them to the GPU, ``to("cpu")`` back; the copies and the one
-in-place sum below go through the dispatch table, like every op.
+in-place sum below are minifcn.functional ops, like every op.
 
-Geometric layers keep their kernel / stride / pad / dilation as (h, w) pairs: coordinate maps
-and receptive fields are derived from them (minifcn.coordmap), never typed in.
+Each layer also says how it moves coordinates and sizes, the rules minifcn.coordmap composes
+through a graph (it knows no layer types, only these three methods):
+    layer.coord_map()          ((a_h, b_h), (a_w, b_w)): bottom coordinate x -> a x + b in the top
+    layer.extent(field)        the receptive field of top unit 0 from bottom unit 0's
+    layer.out_shape(*shapes)   the top's (C, H, W) from the bottoms'; ShapeError if it cannot run
+A layer without a coordinate map (a fully connected layer, or a new type that does not define
+one) raises UndefinedMap, as Caffe's coord_map.py does: a crop is never derived through it.
+Geometric layers keep their kernel / stride / pad / dilation as (h, w) pairs, so maps and
+receptive fields are derived from them, never typed in.
 """
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import numpy as np
 
 from . import functional as F
-from .kernels import get
-from .kernels.geometry import pair
+from .coordmap import IDENTITY, ShapeError, UndefinedMap
+from .kernels.geometry import conv_out, deconv_out, pair, pool_out
 
 
 class Layer:
@@ -31,6 +41,7 @@ class Layer:
     n_bottoms = 1
     inplace_ok = False       # may its top reuse its bottom's name (Caffe's in-place layers)?
     is_loss = False
+    spatial_bottoms = None   # how many bottoms' coordinates reach the top (None: all of them)
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
@@ -61,19 +72,34 @@ class Layer:
         """Run on `device` (None: the current default), its parameters and gradients copied to
         where that device keeps arrays (no copy when they are there already)."""
         self.device = device
-        move = get("asarray", device)
         for name in self.params:
-            self.params[name] = move(self.params[name])
-            self.grads[name] = move(self.grads[name])
+            self.params[name] = F.asarray(self.params[name], device=device)
+            self.grads[name] = F.asarray(self.grads[name], device=device)
         return self
 
     def _store_grad(self, name, g, accumulate):
         if g is None:
             return
         if accumulate:
-            self.grads[name] = get("accumulate", self.device)(self.grads[name], g)
+            self.grads[name] = F.accumulate(self.grads[name], g, device=self.device)
         else:
             self.grads[name] = g
+
+    # -- geometry (see the module docstring); a layer type that defines none has no map
+    def coord_map(self):
+        raise UndefinedMap(f"a {type(self).__name__} layer has no coordinate map")
+
+    def extent(self, field):
+        """[(lo, hi, stride)] per axis: the input interval top unit 0 sees and the input pixels
+        between neighbouring top units, given the same for bottom unit 0."""
+        raise UndefinedMap(f"a {type(self).__name__} layer has no coordinate map")
+
+    def out_shape(self, *shapes):
+        raise ShapeError(f"a {type(self).__name__} layer does not say its output shape")
+
+    def note(self):
+        """A word for minifcn.rf_table's last column ("" for most layers)."""
+        return ""
 
     # -- the interface the Net uses
     def forward(self, *bottoms):
@@ -138,8 +164,42 @@ def _rng(seed):
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
+# ----------------------------------------------------------------------------- geometry kinds
+class Pointwise(Layer):
+    """A layer that works at each place on its own (ReLU, Dropout, Scale, LRN, Sum): its top
+    has the bottom's coordinates, receptive field and size."""
+
+    def coord_map(self):
+        return IDENTITY
+
+    def extent(self, field):
+        return list(field)
+
+    def out_shape(self, *shapes):
+        return shapes[0]
+
+
+class Window(Layer):
+    """A layer whose top unit reads a k x k window (dilation d) of its bottom at stride s
+    after padding p (convolution, pooling). Caffe's coord_map.py rule, per axis:
+        a = 1/s,  b = (p - (k_e - 1)/2) / s,   k_e = d(k - 1) + 1
+    and the paper's composition rule for the field: it grows by (k_e - 1) bottom strides."""
+
+    def coord_map(self):
+        return tuple((Fraction(1, s), Fraction(2 * p - (d * (k - 1) + 1) + 1, 2 * s))
+                     for k, s, p, d in zip(self.kernel, self.stride, self.pad, self.dilation))
+
+    def extent(self, field):
+        out = []
+        for (lo, hi, s_), k, s, p, d in zip(field, self.kernel, self.stride, self.pad,
+                                            self.dilation):
+            ke = d * (k - 1) + 1
+            out.append((lo - p * s_, hi + (ke - 1 - p) * s_, s_ * s))
+        return out
+
+
 # ----------------------------------------------------------------------------- layers
-class Conv(Layer):
+class Conv(Window):
     """2-D convolution. weight (out_ch, in_ch/groups, kh, kw), bias (out_ch,)."""
 
     def __init__(self, in_ch, out_ch, kernel, stride=1, pad=0, dilation=1, groups=1, bias=True,
@@ -160,6 +220,14 @@ class Conv(Layer):
 
     def _geometry(self):
         return dict(stride=self.stride, pad=self.pad, dilation=self.dilation, groups=self.groups)
+
+    def out_shape(self, x):
+        out = tuple(conv_out(n, k, s, p, d) for n, k, s, p, d in
+                    zip(x[1:], self.kernel, self.stride, self.pad, self.dilation))
+        if min(out) < 1:
+            raise ShapeError(f"input too small for kernel {self.kernel}, pad {self.pad}, "
+                             f"dilation {self.dilation}")
+        return (self.out_ch,) + out
 
     def _forward(self, x):
         self.x = x
@@ -195,6 +263,21 @@ class InnerProduct(Conv):
 
     def _geometry(self):
         return dict(stride=1, pad=0, dilation=1, groups=1)
+
+    def coord_map(self):
+        raise UndefinedMap("a fully connected layer has no coordinate map")
+
+    def extent(self, field):                 # every unit sees the whole (fixed-size) input
+        (lo_h, hi_h, s_h), (lo_w, hi_w, s_w) = field
+        _, h, w = self.in_shape
+        return [(lo_h, hi_h + (h - 1) * s_h, s_h), (lo_w, hi_w + (w - 1) * s_w, s_w)]
+
+    def out_shape(self, x):
+        c, h, w = x
+        if c is not None and tuple(x) != self.in_shape or (h, w) != self.in_shape[1:]:
+            raise ShapeError(f"a fully connected layer needs exactly "
+                             f"{'x'.join(map(str, self.in_shape))}")
+        return (self.out_ch, 1, 1)
 
     def _forward(self, x):
         if tuple(x.shape[1:]) != self.in_shape:
@@ -234,6 +317,29 @@ class Deconv(Layer):
         if bias:
             self._param("bias", np.zeros(self.out_ch, dtype=dtype), lr_mult=2.0, decay_mult=0.0)
 
+    def coord_map(self):
+        """Caffe's rule for Deconvolution, the inverse of a window's: a = s, b = (k_e-1)/2 - p."""
+        return tuple((Fraction(s), Fraction(d * (k - 1), 2) - p)
+                     for k, s, p, d in zip(self.kernel, self.stride, self.pad, self.dilation))
+
+    def extent(self, field):
+        out = []
+        for (lo, hi, s_), k, s, p in zip(field, self.kernel, self.stride, self.pad):
+            # top unit o reads bottom units i with 0 <= o + p - i*s < k. Units of one period
+            # (o = 0..s-1) read different sets; the interval is their union, which starts
+            # where unit 0's does (an upper bound on any one unit's field)
+            first = min(math.ceil((o + p - k + 1) / s) for o in range(s))
+            last = max((o + p) // s for o in range(s))
+            out.append((lo + first * s_, hi + last * s_, Fraction(s_, s)))
+        return out
+
+    def out_shape(self, x):
+        out = tuple(deconv_out(n, k, s, p) for n, k, s, p in
+                    zip(x[1:], self.kernel, self.stride, self.pad))
+        if min(out) < 1:
+            raise ShapeError(f"empty output for kernel {self.kernel}, pad {self.pad}")
+        return (self.out_ch,) + out
+
     def _forward(self, x):
         self.x = x
         return F.conv_transpose2d(x, self.params["weight"], self.params.get("bias"),
@@ -250,12 +356,22 @@ class Deconv(Layer):
         return dx
 
 
-class MaxPool(Layer):
+class MaxPool(Window):
     def __init__(self, kernel, stride=None, pad=0, ceil_mode=True):
         super().__init__()
         self.kernel = pair(kernel)
         self.stride = self.kernel if stride is None else pair(stride)
         self.pad, self.dilation, self.ceil_mode = pair(pad), (1, 1), ceil_mode
+
+    def out_shape(self, x):
+        # as minifcn.functional: ceil mode may hang a window over the edge, but the output
+        # must not be empty
+        out = tuple(pool_out(n, k, s, p, self.ceil_mode) for n, k, s, p in
+                    zip(x[1:], self.kernel, self.stride, self.pad))
+        if min(out) < 1:
+            raise ShapeError(f"input too small for pooling kernel {self.kernel}, stride "
+                             f"{self.stride}")
+        return (x[0],) + out
 
     def _forward(self, x):
         y, self.argmax = F.max_pool2d(x, self.kernel, self.stride, self.pad, self.ceil_mode,
@@ -282,7 +398,7 @@ class AvgPool(MaxPool):
                                      self.ceil_mode, device=self.device)
 
 
-class ReLU(Layer):
+class ReLU(Pointwise):
     inplace_ok = True
 
     def __init__(self, slope=0.0):
@@ -298,7 +414,7 @@ class ReLU(Layer):
         return F.relu_backward(dtops[0], self.y, self.slope, device=self.device)
 
 
-class Dropout(Layer):
+class Dropout(Pointwise):
     """Inverted dropout; identity in eval mode. Its own seeded generator keeps runs
     reproducible (the solver saves and restores its state)."""
     inplace_ok = True
@@ -320,11 +436,42 @@ class Crop(Layer):
     starting at `offset`. Leave offset None in a Net: it is derived from the coordinate maps
     when the net is built (an explicit offset is only an override)."""
     n_bottoms = 2
+    spatial_bottoms = 1       # the reference only lends its shape (Caffe walks bottom 0 only)
 
     def __init__(self, offset=None):
         super().__init__()
         self.offset = None if offset is None else pair(offset, "offset")
         self.explicit = offset is not None
+
+    @property
+    def derives_offset(self):
+        """Should a Net set the offset from the coordinate maps (no explicit one given)?"""
+        return not self.explicit
+
+    def _offset(self):
+        if self.offset is None:
+            raise UndefinedMap("crop offset not derived yet")
+        return self.offset
+
+    def coord_map(self):
+        return tuple((Fraction(1), Fraction(-o)) for o in self._offset())
+
+    def extent(self, field):
+        return [(lo + o * s, hi + o * s, s) for (lo, hi, s), o in zip(field, self._offset())]
+
+    def out_shape(self, x, ref):
+        (oh, ow), (hr, wr) = self._offset(), ref[1:]
+        if oh + hr > x[1] or ow + wr > x[2]:
+            raise ShapeError(f"cannot take {hr}x{wr} at offset {self.offset} from "
+                             f"{x[1]}x{x[2]}")
+        return (x[0], hr, wr)
+
+    def note(self):
+        if self.offset is None:
+            return ""
+        oh, ow = self.offset
+        return f"offset {oh if oh == ow else f'{oh}x{ow}'}" + (" (explicit)" if self.explicit
+                                                                else "")
 
     def _forward(self, x, ref):
         if self.offset is None:
@@ -339,13 +486,18 @@ class Crop(Layer):
         return dx, None          # the reference only lends its shape
 
 
-class Sum(Layer):
+class Sum(Pointwise):
     """Caffe's Eltwise SUM: coeffs[i] * bottoms[i], summed."""
     n_bottoms = None
 
     def __init__(self, coeffs=None):
         super().__init__()
         self.coeffs = None if coeffs is None else [float(c) for c in coeffs]
+
+    def out_shape(self, *shapes):
+        if any(s[1:] != shapes[0][1:] for s in shapes):
+            raise ShapeError("adds blobs of different sizes")
+        return shapes[0]
 
     def _forward(self, *xs):
         self.n = len(xs)
@@ -357,7 +509,7 @@ class Sum(Layer):
                      for c, nd in zip(coeffs, need))
 
 
-class Scale(Layer):
+class Scale(Pointwise):
     """Multiply by a constant (FCN-8s at-once: pool4 x 0.01, pool3 x 0.0001)."""
     inplace_ok = True
 
@@ -372,7 +524,7 @@ class Scale(Layer):
         return F.scale(dtops[0], self.c, device=self.device)
 
 
-class LRN(Layer):
+class LRN(Pointwise):
     """Local response normalisation across channels (AlexNet)."""
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0):

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from .kernels.reference import confusion_update
+from . import functional as F
 
 __all__ = ["fast_hist", "ConfusionMatrix", "scores_from_hist", "format_table"]
 
@@ -37,10 +37,11 @@ def fast_hist(gt, pred, n):
     reference; ``ConfusionMatrix.update`` checks them; out of range they are not counted).
     Returns an (n, n) int64 array, hist[i, j] = pixels with ground truth i predicted as j.
     """
-    # The counting is the dispatch table's "confusion_update" op on the numpy device (one
-    # bincount over the flat index n*gt + pred, see kernels/reference.py): the same op that
-    # evaluate() runs on the net's own device.
-    return confusion_update(np.zeros((n, n), dtype=np.int64), gt, pred, n)
+    # The counting is functional.confusion_update on the numpy device (one bincount over the
+    # flat index n*gt + pred, see kernels/reference.py): the op evaluate() runs on the net's
+    # own device.
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    return F.confusion_update(np.zeros((n, n), dtype=np.int64), gt, pred, n, device="numpy")
 
 
 def scores_from_hist(hist):

@@ -484,8 +484,13 @@ MODELS = {
 }
 
 
+class UnknownModel(ValueError):
+    """A model name that MODELS does not hold."""
+
+
 def build(name, **kwargs):
-    """A model of MODELS by name (for the command line): build("fcn8s", init="zeros")."""
+    """The one way to build a model by name (the command line, examples, the bench):
+    build("fcn8s", num_classes=21, init="zeros")."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
     return MODELS[name](**kwargs)

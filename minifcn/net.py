@@ -16,8 +16,8 @@ Devices: ``net.to("cuda")`` copies every parameter and gradient to the GPU (``to
 brings them back). Then forward copies its host inputs over once, every blob stays on the
 device, backward makes its gradients there, and a solver updates the parameters there; what
 comes back to the host is what the user asks for: the loss (a float), ``net.params(host=True)``,
-``kernels.get("to_host", "cuda")(blob)``. The copies go through the dispatch table (ops
-"asarray", "to_host"), so on the host devices they are no-ops.
+``functional.to_host(blob, device="cuda")``. The copies are functional ops (asarray, to_host),
+so on the host devices they are no-ops.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from collections import OrderedDict
 import numpy as np
 
 from .files import atomic_write
-from .kernels import check_device, get
+from . import functional as F
+from .kernels import check_device
 
 
 class Net:
@@ -108,8 +109,8 @@ class Net:
         if missing or unknown:
             raise ValueError(f"{self.name}: forward needs inputs {self.inputs}; missing "
                              f"{missing}, unknown {unknown}")
-        to_net = get("asarray", self.device)      # host inputs go to the device, once
-        blobs = self.blobs = {k: to_net(v) for k, v in inputs.items()}
+        # host inputs go to the device, once
+        blobs = self.blobs = {k: F.asarray(v, device=self.device) for k, v in inputs.items()}
         for name in names:
             layer = self.layers[name]
             t0 = time.perf_counter()
@@ -154,7 +155,7 @@ class Net:
         for blob, d in (grads or {}).items():
             if blob not in self.producer:
                 raise ValueError(f"{self.name}: backward got a gradient for unknown blob {blob!r}")
-            diffs[blob] = d if np.ndim(d) == 0 else get("asarray", self.device)(d)
+            diffs[blob] = d if np.ndim(d) == 0 else F.asarray(d, device=self.device)
         if not diffs:
             raise ValueError(f"{self.name}: nothing to backpropagate: the net has no loss layer, "
                              f"so pass grads={{blob: dout}} for its outputs {self.outputs}")
@@ -164,7 +165,7 @@ class Net:
             dtops = [diffs.pop(t, None) for t in self.tops[name]]
             if all(d is None for d in dtops):
                 continue                          # nothing flows back through this layer
-            dtops = [get("zeros_like", layer.device)(self.blobs[t]) if d is None else d
+            dtops = [F.zeros_like(self.blobs[t], device=layer.device) if d is None else d
                      for t, d in zip(self.tops[name], dtops)]
             wanted = [need[b] for b in self.bottoms[name]]
             if not any(wanted) and not any(layer.trainable(p) for p in layer.params):
@@ -174,7 +175,7 @@ class Net:
             for b, d, w in zip(self.bottoms[name], dbottoms, wanted):
                 if d is None or not w:
                     continue
-                diffs[b] = d if b not in diffs else get("add", layer.device)(diffs[b], d)
+                diffs[b] = d if b not in diffs else F.add(diffs[b], d, device=layer.device)
             self.timings.setdefault(name, [0.0, 0.0])[1] = time.perf_counter() - t0
         dinputs = {b: diffs.get(b) for b in self.inputs if input_grads and b in diffs}
         if len(dinputs) == 1:
@@ -193,12 +194,12 @@ class Net:
     def params(self, host=False):
         """OrderedDict "<layer>.<param>" -> array, in layer order: the arrays the layers hold
         (device arrays on cuda), or with host=True NumPy arrays (copies from a device)."""
-        return OrderedDict((f"{n}.{p}", get("to_host", layer.device)(v) if host else v)
+        return OrderedDict((f"{n}.{p}", F.to_host(v, device=layer.device) if host else v)
                            for n, layer in self.layers.items() for p, v in layer.params.items())
 
     def grads(self, host=False):
         """As params(), for the gradients."""
-        return OrderedDict((f"{n}.{p}", get("to_host", layer.device)(g) if host else g)
+        return OrderedDict((f"{n}.{p}", F.to_host(g, device=layer.device) if host else g)
                            for n, layer in self.layers.items() for p, g in layer.grads.items())
 
     def param_specs(self):
@@ -211,16 +212,16 @@ class Net:
         layer_name, _, p = key.rpartition(".")
         layer = self.layers[layer_name]
         old = layer.params[p]
-        value = get("to_host", layer.device)(value)
+        value = F.to_host(value, device=layer.device)
         if tuple(value.shape) != tuple(old.shape):
             raise ValueError(f"{self.name}: {key} has shape {tuple(old.shape)}, got "
                              f"{tuple(value.shape)}")
-        layer.params[p] = get("asarray", layer.device)(np.array(value, dtype=old.dtype))
+        layer.params[p] = F.asarray(np.array(value, dtype=old.dtype), device=layer.device)
 
     def zero_grads(self):
         for layer in self.layers.values():
             for p in layer.grads:
-                layer.grads[p] = get("zeros_like", layer.device)(layer.params[p])
+                layer.grads[p] = F.zeros_like(layer.params[p], device=layer.device)
 
     def num_params(self, trainable_only=False):
         return int(sum(v.size for n, layer in self.layers.items()
@@ -231,9 +232,9 @@ class Net:
         """Cast every parameter (float64 for gradient checks)."""
         for layer in self.layers.values():
             for p in layer.params:
-                host = get("to_host", layer.device)(layer.params[p]).astype(dtype)
-                layer.params[p] = get("asarray", layer.device)(host)
-                layer.grads[p] = get("zeros_like", layer.device)(layer.params[p])
+                host = F.to_host(layer.params[p], device=layer.device).astype(dtype)
+                layer.params[p] = F.asarray(host, device=layer.device)
+                layer.grads[p] = F.zeros_like(layer.params[p], device=layer.device)
         return self
 
     def to(self, device):

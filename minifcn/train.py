@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from . import layers as L
-from .kernels import get
+from . import functional as F
 from .files import atomic_write_text
 from .metrics import ConfusionMatrix
 from .net import save_npz
@@ -73,7 +73,7 @@ class Solver:
     def _buffer(self, kind, key, like):
         store = self.buffers.setdefault(kind, {})
         if key not in store:
-            store[key] = get("zeros_like", self._device(key))(like)
+            store[key] = F.zeros_like(like, device=self._device(key))
         return store[key]
 
     def step(self, grad_scale=1.0):
@@ -85,14 +85,14 @@ class Solver:
                     continue
                 g = layer.grads[p]
                 if grad_scale != 1:
-                    g = get("scale", layer.device)(g, grad_scale)
+                    g = F.scale(g, grad_scale, device=layer.device)
                 self._update(f"{name}.{p}", value, g, lr * layer.lr_mult[p],
                              self.weight_decay * layer.decay_mult[p])
         self.iter += 1
 
     def state_arrays(self):
         """The buffers as NumPy arrays (copied from the device), named for a checkpoint."""
-        return {f"solver/{kind}/{key}": get("to_host", self._device(key))(v)
+        return {f"solver/{kind}/{key}": F.to_host(v, device=self._device(key))
                 for kind, d in self.buffers.items() for key, v in d.items()}
 
     def load_state_arrays(self, arrays, iteration):
@@ -103,8 +103,8 @@ class Solver:
             if key not in params or params[key].shape != v.shape:
                 raise ValueError(f"checkpoint solver buffer {key!r} {v.shape} does not fit the "
                                  f"net")
-            self.buffers.setdefault(kind, {})[key] = get("asarray", self._device(key))(
-                v.astype(params[key].dtype))
+            self.buffers.setdefault(kind, {})[key] = F.asarray(
+                v.astype(params[key].dtype), device=self._device(key))
 
 
 class SGD(Solver):
@@ -116,7 +116,7 @@ class SGD(Solver):
 
     def _update(self, key, param, grad, lr, wd):
         buf = self._buffer("momentum", key, param)
-        get("sgd_update", self._device(key))(param, grad, buf, lr, self.momentum, wd)
+        F.sgd_update(param, grad, buf, lr, self.momentum, wd, device=self._device(key))
 
 
 class Adam(Solver):
@@ -130,8 +130,8 @@ class Adam(Solver):
     def _update(self, key, param, grad, lr, wd):
         m = self._buffer("m", key, param)
         v = self._buffer("v", key, param)
-        get("adam_update", self._device(key))(param, grad, m, v, lr, self.beta1, self.beta2,
-                                              self.eps, wd, self.iter + 1)
+        F.adam_update(param, grad, m, v, lr, self.beta1, self.beta2, self.eps, wd,
+                      self.iter + 1, device=self._device(key))
 
 
 def make_solver(net, optimizer="sgd", **kw):
@@ -148,7 +148,7 @@ def predict(net, x):
     """Class map (N, H, W) for preprocessed images x (N, 3, H, W): argmax of 'score'."""
     net.eval()
     scores = net.forward(data=x, until="score")
-    return get("to_host", net.device)(get("argmax", net.device)(scores))
+    return F.to_host(F.argmax(scores, device=net.device), device=net.device)
 
 
 def evaluate(net, dataset, num_classes, mean=None, progress=False):
@@ -161,8 +161,7 @@ def evaluate(net, dataset, num_classes, mean=None, progress=False):
     net.eval()
     cm = ConfusionMatrix(num_classes)
     dev = net.device
-    hist = get("asarray", dev)(cm.hist)   # on the host devices: cm.hist itself
-    argmax, count = get("argmax", dev), get("confusion_update", dev)
+    hist = F.asarray(cm.hist, device=dev)     # on the host devices: cm.hist itself
     losses = []
     items = range(len(dataset))
     if progress:
@@ -177,12 +176,12 @@ def evaluate(net, dataset, num_classes, mean=None, progress=False):
             scores, gt = net.blobs["score"], net.blobs["label"]    # the label: on the device
         else:
             scores, gt = net.forward(data=x, until="score"), y
-        pred = argmax(scores)
+        pred = F.argmax(scores, device=dev)
         if tuple(pred.shape) != y.shape:
             raise ValueError(f"evaluate: image {i}: scores {tuple(scores.shape)} do not match "
                              f"its label {y.shape[1:]}")
-        count(hist, gt, pred, num_classes)
-    cm.hist[...] = get("to_host", dev)(hist)
+        F.confusion_update(hist, gt, pred, num_classes, device=dev)
+    cm.hist[...] = F.to_host(hist, device=dev)
     net.train(was_training)
     out = cm.scores()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")

@@ -14,6 +14,7 @@ executed; tensors are rebuilt from the stored bytes with numpy.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["load_torch_state_dict", "UnsafePickleError", "torchvision_vgg16_names",
+__all__ = ["load_weights", "load_torch_state_dict", "UnsafePickleError", "torchvision_vgg16_names",
            "import_torchvision_vgg16", "transplant", "TransplantReport"]
 
 
@@ -334,3 +335,17 @@ def import_torchvision_vgg16(net, state_dict, input="caffe", mean_bgr=None):
     report = transplant(net, src)
     report.unused += [k for k in state_dict if k not in names]
     return report
+
+
+# ----------------------------------------------------------------------------- our own files
+def load_weights(net, path):
+    """Fill `net` from an .npz: plain weights (Net.save) or a training checkpoint."""
+    from .train import load_checkpoint
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    with np.load(path, allow_pickle=False) as f:
+        is_checkpoint = "info" in f.files
+    if is_checkpoint:
+        load_checkpoint(path, net)
+    else:
+        net.load(path)

@@ -10,6 +10,7 @@ from minifcn import layers as L
 from minifcn import models
 from minifcn.coordmap import (IDENTITY, CropError, ShapeError, UndefinedMap, blob_shapes,
                               compose, coord_map, fits, inverse, layer_map, receptive_field,
+                              receptive_fields,
                               rf_table, total_stride, unit_field)
 from minifcn.net import Net
 
@@ -74,6 +75,49 @@ def test_crop_offsets_are_derived_when_added_and_explicit_ones_override():
     assert net.layers["score"].offset == (1, 1)
     net.add("forced", L.Crop(offset=0), ["conv2", "data"])
     assert net.layers["forced"].offset == (0, 0) and net.layers["forced"].explicit
+
+
+class _Shift(L.Layer):
+    """A layer type coordmap.py has never heard of, stating its own rules: a shift by 2."""
+    def coord_map(self):
+        return ((Fr(1), Fr(-2)),) * 2
+
+    def extent(self, field):
+        return [(lo + 2 * s, hi + 2 * s, s) for lo, hi, s in field]
+
+    def out_shape(self, x):
+        return (x[0], x[1] - 2, x[2] - 2)
+
+    def _forward(self, x):
+        return x[:, :, 2:, 2:]
+
+
+class _Mystery(L.Layer):
+    """A layer type that defines no coordinate map (as Caffe's coord_map.py refuses)."""
+    def _forward(self, x):
+        return x
+
+
+def test_a_new_layer_type_brings_its_own_map_and_coordmap_composes_it():
+    net = Net(["data"], name="shifty")
+    net.add("shift", _Shift(), "data")
+    net.add("up", L.Deconv(3, 3, 1, 1), "shift")
+    net.add("score", L.Crop(), ["data", "up"])
+    assert net.layers["score"].offset == (2, 2)
+    assert receptive_field(net, "up") == ((1, 1, 2),) * 2
+    assert blob_shapes(net, (9, 7), channels=3)["score"] == (3, 7, 5)
+
+
+def test_a_layer_without_a_map_is_refused_by_name_not_taken_as_identity():
+    with pytest.raises(UndefinedMap, match="_Mystery"):
+        layer_map(_Mystery())
+    net = Net(["data"], name="mystery")
+    net.add("odd", _Mystery(), "data")
+    with pytest.raises(UndefinedMap, match=r"'odd' and 'data'.*stopped at layer 'odd'"):
+        net.add("score", L.Crop(), ["odd", "data"])
+    with pytest.raises(ShapeError, match=r"layer 'odd' \(_Mystery\).*output shape"):
+        blob_shapes(net, (8, 8), channels=3)
+    assert "odd" not in receptive_fields(net)          # not reached: no field is made up
 
 
 @pytest.mark.parametrize("cut,ref,words", [

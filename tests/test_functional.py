@@ -369,3 +369,20 @@ def test_device_selection():
         minifcn.set_device("cpu")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         F.relu(x, device="tpu")
+
+
+# ----------------------------------------------------------------------------- array chores
+def test_array_chores_are_functional_ops_that_check_their_arguments():
+    a = np.ones((2, 3), np.float32)
+    assert F.add(a, a).sum() == 12 and F.zeros_like(a).sum() == 0
+    assert F.accumulate(a, a) is a and a.sum() == 12
+    assert F.to_host(F.asarray(a)) is a                   # the host devices copy nothing
+    with pytest.raises(ValueError, match=r"add: b has shape \(3, 2\), expected \(2, 3\)"):
+        F.add(a, a.T)
+    hist = np.zeros((3, 3), np.int64)
+    F.confusion_update(hist, np.array([0, 1, 255]), np.array([0, 2, 1]), 3)
+    assert hist.tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+    with pytest.raises(ValueError, match=r"hist has shape \(2, 2\), expected \(3, 3\)"):
+        F.confusion_update(np.zeros((2, 2), np.int64), np.zeros(4), np.zeros(4), 3)
+    with pytest.raises(ValueError, match="adam_update: step t must be >= 1"):
+        F.adam_update(a, a, a.copy(), a.copy(), 0.1, 0.9, 0.999, 1e-8, 0.0, 0)
