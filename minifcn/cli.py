@@ -184,8 +184,8 @@ def cmd_rf(a):
 
 
 def cmd_bench(a):
-    from . import bench
-    return bench.main(a)
+    from .bench import command
+    return command.main(a)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -254,11 +254,10 @@ def make_parser():
     f.add_argument("--list", action="store_true", help="list the model names")
     f.set_defaults(fn=cmd_rf)
 
-    from . import bench
+    from .bench import command
     b = sub.add_parser("bench", help="time kernels, layers and nets",
                        description="Time kernels, layers and nets side by side with references.")
-    if hasattr(bench, "add_arguments"):
-        bench.add_arguments(b)
+    command.add_arguments(b)
     b.set_defaults(fn=cmd_bench)
     return p
 

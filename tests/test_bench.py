@@ -7,6 +7,7 @@ import json
 import pytest
 
 from minifcn import bench, cli
+from minifcn.bench import nets
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -55,11 +56,11 @@ def test_patch_stack_follows_the_fcn_stride():
     size, the image zero-padded past its edge."""
     import numpy as np
     from minifcn.coordmap import receptive_field
-    _, fcn = bench._patch_nets(dict(kind="micro", patch=32))
+    _, fcn = nets.patch_nets(dict(kind="micro", patch=32))
     img = np.random.default_rng(0).standard_normal((1, 3, 70, 70)).astype(np.float32)
     out = fcn.eval().forward(data=img)
     stride = int(receptive_field(fcn, "fc8")[0][1])
-    patches = bench.patch_stack(fcn, img, 32, out.shape[2:])
+    patches = nets.patch_stack(fcn, img, 32, out.shape[2:])
     gh, gw = out.shape[2:]
     assert stride == 32 and patches.shape == (gh * gw, 3, 32, 32)
     i, j = gh - 1, gw - 1                                     # the last patch: past the edge
