@@ -2,6 +2,10 @@
 
 Every verb checks its arguments and inputs before work starts; a bad argument, a missing
 file or a malformed dataset prints one line on stderr and exits non-zero, never a traceback.
+
+Under an MPI launcher (`mpiexec -n N minifcn train ...`, srun) train and eval split their
+work over the ranks (minifcn.distributed); rank 0 alone prints and writes. A set-up error on
+any rank stops them all with one line from rank 0.
 """
 from __future__ import annotations
 
@@ -70,8 +74,33 @@ def load_weights(net, path):
 
 
 # ----------------------------------------------------------------------------- verbs
+def _say(comm):
+    """print on rank 0 (or alone); a no-op on the other ranks."""
+    return print if comm is None or comm.rank == 0 else (lambda *args, **kw: None)
+
+
 def cmd_train(a):
-    from . import data, train
+    from . import distributed
+    comm = a.comm
+    with distributed.agreed(comm):           # set-up: no collective in here
+        trainer, net, val, num_classes = _train_setup(a, comm)
+    say = _say(comm)
+    status = trainer.run(a.iters, max_seconds=None if a.minutes is None else a.minutes * 60)
+    say(f"training {status} at iteration {trainer.solver.iter}; checkpoint "
+        f"{trainer.checkpoint_path}" + (f" ({comm.size} ranks)" if comm else ""))
+    if val is not None:
+        from .train import evaluate
+        with distributed.abort_on_error(comm, "in the final evaluation"):
+            scores = evaluate(net, val, num_classes, comm=comm)
+        say(_metrics_line(scores))
+    return EXIT_INTERRUPTED if status == "interrupted" else 0
+
+
+def _train_setup(a, comm):
+    from . import data, distributed, train
+    say = _say(comm)
+    if comm is not None and a.device == "cuda":
+        distributed.select_gpu(comm)         # rank r: GPU r % device_count, before any copy
     dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd, a.synthetic_size,
                                         a.seed)
     val, _ = (load_dataset(a.data, a.val_split, num_classes, a.sbd, a.synthetic_size, a.seed)
@@ -90,7 +119,7 @@ def cmd_train(a):
     if a.vgg16:
         from .weights import import_torchvision_vgg16, load_torch_state_dict
         report = import_torchvision_vgg16(net, load_torch_state_dict(a.vgg16))
-        print(f"imported VGG16 weights from {a.vgg16}: {report}")
+        say(f"imported VGG16 weights from {a.vgg16}: {report}")
     net.to(a.device)
     if a.data == "synthetic":                # generated on the fly: hold it in memory
         dataset = [dataset[i] for i in range(len(dataset))]
@@ -102,17 +131,12 @@ def cmd_train(a):
     trainer = train.Trainer(net, solver, loader, a.out, val_data=val, num_classes=num_classes,
                             iter_size=a.iter_size, loss_sample=a.loss_sample, sample_seed=a.seed,
                             val_interval=a.val_interval, checkpoint_interval=a.checkpoint_interval,
-                            progress=not a.no_progress)
+                            progress=not a.no_progress, comm=comm, bucket_mb=a.bucket_mb)
     if a.resume:
         path = trainer.checkpoint_path if a.resume == "last" else a.resume
         info = trainer.resume(path)
-        print(f"resumed from {path} at iteration {info['iter']}")
-    status = trainer.run(a.iters, max_seconds=None if a.minutes is None else a.minutes * 60)
-    print(f"training {status} at iteration {solver.iter}; checkpoint {trainer.checkpoint_path}")
-    if val is not None:
-        scores = train.evaluate(net, val, num_classes)
-        print(_metrics_line(scores))
-    return EXIT_INTERRUPTED if status == "interrupted" else 0
+        say(f"resumed from {path} at iteration {info['iter']}")
+    return trainer, net, val, num_classes
 
 
 def _metrics_line(s):
@@ -121,12 +145,20 @@ def _metrics_line(s):
 
 
 def cmd_eval(a):
-    from . import metrics, train, viz
-    dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd, a.synthetic_size)
-    net = build_model(a.model, num_classes, loss=True)
-    load_weights(net, a.weights)
-    net.to(a.device)
-    scores = train.evaluate(net, dataset, num_classes, progress=True)
+    from . import distributed, metrics, train, viz
+    comm = a.comm
+    with distributed.agreed(comm):
+        if comm is not None and a.device == "cuda":
+            distributed.select_gpu(comm)
+        dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd,
+                                            a.synthetic_size)
+        net = build_model(a.model, num_classes, loss=True)
+        load_weights(net, a.weights)
+        net.to(a.device)
+    with distributed.abort_on_error(comm, "in evaluation"):
+        scores = train.evaluate(net, dataset, num_classes, progress=True, comm=comm)
+    if comm is not None and comm.rank != 0:
+        return 0
     names = getattr(dataset, "class_names", None)
     print(metrics.format_table(scores, names))
     if a.overlays:
@@ -227,6 +259,9 @@ def make_parser():
     t.add_argument("--val-interval", type=int, default=200)
     t.add_argument("--checkpoint-interval", type=int, default=200)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--bucket-mb", type=float, default=25.0, metavar="MB",
+                   help="under mpiexec: gradients are summed over ranks in buckets of about "
+                        "this size, each as soon as backward has made it (default 25)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 
@@ -270,7 +305,7 @@ def _check_ranges(a):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if getattr(a, "num_classes", None) is None and getattr(a, "verb", "") == "predict":
         a.num_classes = 5
-    for name in ("lr", "minutes"):
+    for name in ("lr", "minutes", "bucket_mb"):
         v = getattr(a, name, None)
         if v is not None and v <= 0:
             raise UsageError(f"--{name} must be > 0, got {v}")
@@ -278,23 +313,45 @@ def _check_ranges(a):
         raise UsageError(f"--crop must be positive, got {a.crop}")
 
 
+SPLIT_VERBS = ("train", "eval")        # the verbs that split their work over MPI ranks
+
+
+def _world(a):
+    """The MPI communicator when a launcher started several of us (train, eval), else None."""
+    from . import distributed
+    got = distributed.launched()
+    if got is None or got[0] <= 1:
+        return None
+    if a.verb not in SPLIT_VERBS:
+        raise UsageError(f"minifcn {a.verb} does not split its work over ranks: run it without "
+                         f"mpiexec (under mpiexec -n N: {', '.join(SPLIT_VERBS)})")
+    return distributed.world()
+
+
 def main(argv=None):
     from .data import DatasetError
+    from .distributed import MPISetupError, Quiet, launched
     from .kernels import DeviceUnavailable
     from .train import TrainingDiverged
+    # Under mpiexec every rank runs this; only the launcher's rank 0 speaks.
+    speak = (launched() or (1, 0))[1] == 0
+    say = (lambda msg: print(msg, file=sys.stderr)) if speak else (lambda msg: None)
     try:
         a = make_parser().parse_args(argv)
         _check_ranges(a)
+        a.comm = _world(a)
         return a.fn(a)
+    except Quiet as e:                      # another rank reports it
+        return e.code
     except UsageError as e:
-        print(e, file=sys.stderr)
+        say(e)
         return EXIT_USAGE
     except (ValueError, FileNotFoundError, DatasetError, DeviceUnavailable, TrainingDiverged,
-            OSError) as e:
-        print(f"minifcn: error: {e}", file=sys.stderr)
+            MPISetupError, OSError) as e:
+        say(f"minifcn: error: {e}")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("minifcn: interrupted", file=sys.stderr)
+        say("minifcn: interrupted")
         return EXIT_INTERRUPTED
 
 

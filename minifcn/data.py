@@ -474,7 +474,8 @@ def validate_voc(root, split, num_classes, sbd=False, max_report=5):
 # ----------------------------------------------------------------------------- batching
 
 class Loader:
-    """Batches of preprocessed items: ``(x float32 (N, 3, H, W), labels int32 (N, H, W))``.
+    """Batches of preprocessed items: ``(x float32 (N, 3, H, W), labels int32 (N, H, W))``
+    (x in ``dtype``, float32 unless asked).
 
     Iterating gives one epoch (the last batch may be smaller); ``forever()`` never stops, for
     iteration-based training. ``crop=(h, w)`` (or an int) takes a random crop, padding images
@@ -482,10 +483,21 @@ class Loader:
     ``mirror=True`` flips each item left-right with probability 1/2. Shuffle order, crops and
     flips all come from ``self.rng`` (seeded; 1337 as the reference), and ``state_dict()`` /
     ``load_state_dict()`` save and restore it together with the position in the epoch.
+
+    Sharding (data-parallel training, minifcn.distributed): ``shard=(rank, ranks)`` makes
+    batch_size the batch of one rank. Every rank walks the same seeded shuffle in global
+    batches of ``batch_size * ranks`` items and loads only its own slice of each (rank r takes
+    items r*batch_size ... of the global batch), so N ranks x batch b see exactly the batches
+    one process with batch N*b sees. That holds for crops and flips too because their random
+    numbers are drawn as one block per global batch, a fixed count per item (u * range rather
+    than integers(range), whose draws depend on the image's size, which a rank that does not
+    load the image cannot know). A rank whose slice of a short last batch is empty gets the
+    batch's first item with every label void and ``padding`` True: it contributes nothing
+    (the trainer weighs it 0) but takes part in every collective.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=True, seed=1337, crop=None, mirror=False,
-                 mean=VOC_MEAN_BGR):
+                 mean=VOC_MEAN_BGR, shard=None, dtype=np.float32):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(dataset) == 0:
@@ -496,16 +508,37 @@ class Loader:
         self.crop = None if crop is None else ((crop, crop) if np.isscalar(crop) else tuple(crop))
         self.mirror = bool(mirror)
         self.mean = mean
+        self.dtype = np.dtype(dtype)      # of the images (float64 for a float64 net)
         self.rng = np.random.default_rng(seed)
         self.epoch = 0        # completed epochs
         self._order = None    # this epoch's item order, drawn from rng when an epoch starts
         self._pos = 0         # next position in _order
+        self.padding = False  # was the last batch a stand-in for an empty shard?
+        self.set_shard(*(shard or (0, 1)))
+
+    def set_shard(self, rank, ranks):
+        """Read rank `rank`'s slice of global batches of batch_size * ranks items."""
+        if not (isinstance(ranks, int) and ranks >= 1 and isinstance(rank, int)
+                and 0 <= rank < ranks):
+            raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got "
+                             f"({rank!r}, {ranks!r})")
+        self.shard = (rank, ranks)
+
+    @property
+    def global_batch(self):
+        return self.batch_size * self.shard[1]
 
     def __len__(self):
-        """Batches per epoch."""
-        return -(-len(self.dataset) // self.batch_size)
+        """(Global) batches per epoch."""
+        return -(-len(self.dataset) // self.global_batch)
 
-    def _item(self, i):
+    def _draws(self, n):
+        """The random numbers of n items, one row each: crop row, crop column, flip."""
+        k = 2 * (self.crop is not None) + self.mirror
+        return self.rng.random((n, k)) if k else np.zeros((n, 0))
+
+    def _item(self, i, u):
+        """Item i, cropped and flipped by its row u of _draws (None: no crop offset, no flip)."""
         img, label = self.dataset[i]
         x = preprocess(img, self.mean)
         y = np.asarray(label, dtype=np.int32)
@@ -517,15 +550,15 @@ class Loader:
                 x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
                 y = np.pad(y, ((0, ph), (0, pw)), constant_values=VOID)
                 h, w = y.shape
-            y0 = int(self.rng.integers(h - ch + 1))
-            x0 = int(self.rng.integers(w - cw + 1))
+            y0, x0 = (0, 0) if u is None else (int(u[0] * (h - ch + 1)),
+                                               int(u[1] * (w - cw + 1)))
             x, y = x[:, y0:y0 + ch, x0:x0 + cw], y[y0:y0 + ch, x0:x0 + cw]
-        if self.mirror and self.rng.random() < 0.5:
+        if self.mirror and u is not None and u[-1] < 0.5:
             x, y = x[:, :, ::-1], y[:, ::-1]
         return x, y
 
-    def _batch(self, indices):
-        items = [self._item(int(i)) for i in indices]
+    def _batch(self, indices, draws):
+        items = [self._item(int(i), u) for i, u in zip(indices, draws)]
         first = items[0][1].shape
         for i, (_, y) in zip(indices, items):
             if y.shape != first:
@@ -533,20 +566,28 @@ class Loader:
                     f"batch_size={self.batch_size} needs items of equal size, but item "
                     f"{indices[0]} is {first[0]}x{first[1]} and item {i} is {y.shape[0]}x"
                     f"{y.shape[1]}; give a crop size (crop=(h, w), --crop) or use batch size 1")
-        return (np.stack([x for x, _ in items]).astype(np.float32, copy=False),
+        return (np.stack([x for x, _ in items]).astype(self.dtype, copy=False),
                 np.stack([y for _, y in items]).astype(np.int32, copy=False))
 
     def next_batch(self):
-        """The next batch, starting a new epoch (a new shuffle) when the current one is done."""
+        """The next batch (this rank's slice of the next global batch), starting a new epoch
+        (a new shuffle) when the current one is done."""
         if self._order is None or self._pos >= len(self._order):
             n = len(self.dataset)
             self._order = self.rng.permutation(n) if self.shuffle else np.arange(n)
             self._pos = 0
-        indices = self._order[self._pos:self._pos + self.batch_size]
+        indices = self._order[self._pos:self._pos + self.global_batch]
         self._pos += len(indices)
         if self._pos >= len(self._order):
             self.epoch += 1
-        return self._batch(indices)
+        draws = self._draws(len(indices))             # every rank draws the whole block
+        lo = self.shard[0] * self.batch_size
+        mine = slice(lo, lo + self.batch_size)
+        self.padding = len(indices[mine]) == 0
+        if self.padding:                              # nothing left for this rank
+            x, y = self._batch(indices[:1], [None])
+            return x, np.full_like(y, VOID)
+        return self._batch(indices[mine], draws[mine])
 
     def __iter__(self):
         """One epoch of batches (after a resume mid-epoch: the rest of that epoch)."""

@@ -140,12 +140,14 @@ class Net:
                 need[t] = flows or has_params
         return need
 
-    def backward(self, grads=None, input_grads=True, accumulate=False):
+    def backward(self, grads=None, input_grads=True, accumulate=False, hook=None):
         """Backpropagate through every layer in reverse order.
 
         grads: {blob: dout} for output blobs; loss layers' outputs are seeded with 1.0 unless
         given. input_grads=False skips the gradient of the net inputs (training never uses
         it). accumulate=True adds parameter gradients to those already held (iter_size).
+        hook(layer_name) is called once a layer's gradients are made (data-parallel training
+        starts summing them over ranks then, while backward goes on).
         Returns the gradient of the float inputs: one array, or a dict when there are several.
         """
         diffs = {}
@@ -177,6 +179,8 @@ class Net:
                     continue
                 diffs[b] = d if b not in diffs else F.add(diffs[b], d, device=layer.device)
             self.timings.setdefault(name, [0.0, 0.0])[1] = time.perf_counter() - t0
+            if hook is not None:
+                hook(name)
         dinputs = {b: diffs.get(b) for b in self.inputs if input_grads and b in diffs}
         if len(dinputs) == 1:
             return next(iter(dinputs.values()))

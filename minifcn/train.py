@@ -20,6 +20,15 @@ host to be written and back to the net's device when read.
 A checkpoint (.npz, written atomically, no pickle) holds the weights, the solver's buffers,
 the iteration and every random generator's state (data order, crops, dropout, sampling), so
 a resumed run ends with the same weights as an uninterrupted one.
+
+Data-parallel (Trainer(..., comm=MPI.COMM_WORLD), `mpiexec -n N minifcn train`; see
+minifcn/distributed.py): each rank reads its slice of every global batch (N x the loader's
+batch), seeds its backward with its share of the global loss, and the gradients are summed
+over ranks in buckets while backward runs; N ranks x batch b end with the weights of one
+process with batch N*b. Rank 0 alone writes the log, checkpoints and curves; validation is
+split over the ranks and the confusion matrices summed. A checkpoint records the ranks and
+the batch: resuming needs the same global batch (then any number of ranks continues
+exactly), and a different one is refused by name.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import time
 
 import numpy as np
 
+from . import distributed
 from . import layers as L
 from . import functional as F
 from .files import atomic_write_text
@@ -151,11 +161,13 @@ def predict(net, x):
     return F.to_host(F.argmax(scores, device=net.device), device=net.device)
 
 
-def evaluate(net, dataset, num_classes, mean=None, progress=False):
+def evaluate(net, dataset, num_classes, mean=None, progress=False, comm=None):
     """The paper's four metrics over a dataset of (image, label), one image at a time, at
     its own size (FCNs take any size). Returns ConfusionMatrix.scores() plus 'loss' and
     'confusion' (the ConfusionMatrix). The argmax and the counts run on the net's device (on
-    cuda the matrix stays there until the end: only the loss and n x n counts come back)."""
+    cuda the matrix stays there until the end: only the loss and n x n counts come back).
+    With comm (N ranks), rank r scores images r, r+N, ... and the ranks sum their counts
+    and losses: every rank gets the scores of the whole dataset."""
     from .data import VOC_MEAN_BGR, preprocess
     was_training = next(iter(net.layers.values())).training if net.layers else False
     net.eval()
@@ -163,13 +175,15 @@ def evaluate(net, dataset, num_classes, mean=None, progress=False):
     dev = net.device
     hist = F.asarray(cm.hist, device=dev)     # on the host devices: cm.hist itself
     losses = []
-    items = range(len(dataset))
-    if progress:
+    dtype = next((v.dtype for v in net.params().values()), np.float32)   # images in the net's
+    comm = distributed.wrap(comm)
+    items = range(len(dataset)) if comm is None else range(comm.rank, len(dataset), comm.size)
+    if progress and (comm is None or comm.rank == 0):
         from tqdm import tqdm
         items = tqdm(items, desc="eval", leave=False)
     for i in items:
         img, label = dataset[i]
-        x = preprocess(img, VOC_MEAN_BGR if mean is None else mean)[None]
+        x = preprocess(img, VOC_MEAN_BGR if mean is None else mean)[None].astype(dtype)
         y = np.asarray(label, dtype=np.int32)[None]
         if "label" in net.inputs:
             losses.append(float(net.forward(data=x, label=y)))
@@ -183,8 +197,12 @@ def evaluate(net, dataset, num_classes, mean=None, progress=False):
         F.confusion_update(hist, gt, pred, num_classes, device=dev)
     cm.hist[...] = F.to_host(hist, device=dev)
     net.train(was_training)
+    loss_sum, n_losses = sum(losses), len(losses)
+    if comm is not None:                 # the n x n counts and the losses of every rank
+        comm.sum_(cm.hist)
+        loss_sum, n_losses = comm.sum([loss_sum, n_losses])
     out = cm.scores()
-    out["loss"] = float(np.mean(losses)) if losses else float("nan")
+    out["loss"] = float(loss_sum / n_losses) if n_losses else float("nan")
     out["confusion"] = cm
     return out
 
@@ -210,8 +228,9 @@ def save_checkpoint(path, net, solver, loader=None, sample_rng=None, meta=None):
     save_npz(path, arrays)
 
 
-def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None):
-    """Restore what save_checkpoint wrote; returns its info dict."""
+def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None, check=None):
+    """Restore what save_checkpoint wrote; returns its info dict. check(info) may refuse
+    the checkpoint (raise) before anything is restored."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -223,6 +242,8 @@ def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None):
         raise ValueError(f"{path} is not a minifcn checkpoint (no 'info' entry); for plain "
                          f"weights use --weights")
     info = json.loads(str(arrays.pop("info")))
+    if check is not None:
+        check(info)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     own = net.params()
     diff = sorted(set(own) ^ set(params)) + [k for k in own if k in params and
@@ -255,7 +276,8 @@ class Trainer:
 
     def __init__(self, net, solver, loader, out_dir, val_data=None, num_classes=None,
                  iter_size=1, loss_sample=None, sample_seed=0, val_interval=None,
-                 checkpoint_interval=None, progress=True):
+                 checkpoint_interval=None, progress=True, comm=None, bucket_mb=25.0,
+                 overlap=True, cuda_aware_mpi=None):
         self.net, self.solver, self.loader = net, solver, loader
         self.out_dir, self.val_data, self.num_classes = out_dir, val_data, num_classes
         self.iter_size, self.loss_sample = int(iter_size), loss_sample
@@ -269,12 +291,61 @@ class Trainer:
         self.checkpoint_path = os.path.join(out_dir, "checkpoint.npz")
         self.log_path = os.path.join(out_dir, "log.jsonl")
         self.history: list[dict] = []
-        os.makedirs(out_dir, exist_ok=True)
+        self.comm, self.reducer = distributed.wrap(comm), None
+        self.is_root = self.comm is None or self.comm.rank == 0     # writes the files
+        if self.comm is not None:
+            self._shard(bucket_mb, overlap, cuda_aware_mpi)
+        if self.is_root:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def _shard(self, bucket_mb, overlap, cuda_aware_mpi):
+        """Data parallel over self.comm: this rank's slice of each global batch, sharded
+        random streams (so dropout and loss sampling draw what one process would), and the
+        gradients summed in buckets. No collective here (see distributed.agreed)."""
+        comm, loader = self.comm, self.loader
+        if not hasattr(loader, "set_shard"):
+            raise ValueError(f"distributed training needs a loader that reads a shard of each "
+                             f"global batch (minifcn.data.Loader), got {type(loader).__name__}")
+        if loader.shard not in ((0, 1), (comm.rank, comm.size)):
+            raise ValueError(f"the loader reads shard {loader.shard}, but this is rank "
+                             f"{comm.rank} of {comm.size}")
+        loader.set_shard(comm.rank, comm.size)
+        distributed.check_losses(self.net)
+
+        def padding():
+            return loader.padding
+        for layer in self.net.layers.values():
+            if isinstance(layer, L.Dropout):
+                layer.rng = distributed.ShardedStream(_plain(layer.rng), comm, padding)
+        self.sample_rng = distributed.ShardedStream(_plain(self.sample_rng), comm, padding)
+        self.reducer = distributed.GradientReducer(self.net, comm, bucket_mb, overlap,
+                                                   cuda_aware_mpi)
+
+    def _batch_meta(self):
+        ranks = 1 if self.comm is None else self.comm.size
+        batch = getattr(self.loader, "batch_size", None)
+        return {"ranks": ranks, "batch": batch,
+                "global_batch": None if batch is None else ranks * batch}
+
+    def _check_batch(self, path):
+        def check(info):
+            was, now = info.get("meta") or {}, self._batch_meta()
+            if was.get("global_batch") in (None, now["global_batch"]) or \
+                    now["global_batch"] is None:
+                return
+            raise ValueError(
+                f"checkpoint {path} was written by {was['ranks']} rank(s) x batch "
+                f"{was['batch']} (a global batch of {was['global_batch']}); this run is "
+                f"{now['ranks']} x {now['batch']} = {now['global_batch']}. Resume with ranks x "
+                f"batch = {was['global_batch']} (e.g. mpiexec -n {was['ranks']} ... --batch "
+                f"{was['batch']}): any number of ranks then continues exactly")
+        return check
 
     def resume(self, path=None):
-        info = load_checkpoint(path or self.checkpoint_path, self.net, self.solver, self.loader,
-                               self.sample_rng)
-        if os.path.exists(self.log_path):   # keep the earlier curve, up to the checkpoint
+        path = path or self.checkpoint_path
+        info = load_checkpoint(path, self.net, self.solver, self.loader, self.sample_rng,
+                               check=self._check_batch(path))
+        if self.is_root and os.path.exists(self.log_path):   # keep the curve, up to here
             with open(self.log_path) as f:
                 self.history = [r for r in map(json.loads, f) if r["iter"] <= info["iter"]]
             atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -288,13 +359,24 @@ class Trainer:
         return np.where(drop, IGNORE, labels).astype(labels.dtype)
 
     def step(self):
-        """One solver iteration (iter_size forward/backward passes); returns the mean loss."""
+        """One solver iteration (iter_size forward/backward passes); returns the mean loss
+        (with comm: of the global batch, the same on every rank)."""
         self.net.train()
         losses = []
         for k in range(self.iter_size):
             x, labels = self.loader.next_batch()
-            losses.append(float(self.net.forward(data=x, label=self._sample(labels))))
-            self.net.backward(input_grads=False, accumulate=k > 0)
+            loss = self.net.forward(data=x, label=self._sample(labels))
+            seeds = hook = None
+            if self.comm is not None:        # this rank's share of the global batch's loss
+                seeds, loss = distributed.loss_share(self.net, self.comm,
+                                                     getattr(self.loader, "padding", False))
+                if k == self.iter_size - 1:  # the gradients are final: sum them as they come
+                    self.reducer.begin()
+                    hook = self.reducer.hook
+            losses.append(float(loss))
+            self.net.backward(seeds, input_grads=False, accumulate=k > 0, hook=hook)
+        if self.reducer is not None:
+            self.reducer.finish()
         loss = float(np.mean(losses))
         if not math.isfinite(loss):
             raise TrainingDiverged(
@@ -307,17 +389,30 @@ class Trainer:
         return loss
 
     def validate(self):
-        scores = evaluate(self.net, self.val_data, self.num_classes)
+        scores = evaluate(self.net, self.val_data, self.num_classes, comm=self.comm)
         return {k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss")}
 
     def _log(self, record):
         self.history.append(record)
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.is_root:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def checkpoint(self):
-        save_checkpoint(self.checkpoint_path, self.net, self.solver, self.loader,
-                        self.sample_rng)
+        # Every rank's generators and loader are in the same state (ShardedStream), so rank
+        # 0's checkpoint is every rank's.
+        if self.is_root:
+            save_checkpoint(self.checkpoint_path, self.net, self.solver, self.loader,
+                            self.sample_rng, meta=self._batch_meta())
+
+    def _start_together(self):
+        """Every rank starts from rank 0's weights, at one iteration and global batch."""
+        distributed.broadcast_params(self.net, self.comm)
+        said = self.comm.allgather_text(f"iteration {self.solver.iter}, global batch "
+                                        f"{self.loader.global_batch}")
+        if len(set(said)) > 1:
+            raise ValueError("the ranks are out of step: " + "; ".join(
+                f"rank {r} at {s}" for r, s in enumerate(said)))
 
     def _on_sigint(self, signum, frame):
         if self._stop:                       # a second Ctrl-C: stop at once, save nothing
@@ -331,10 +426,15 @@ class Trainer:
         """Train until solver.iter == iters (or max_seconds of training pass). Ctrl-C lets
         the current iteration finish, saves a checkpoint and returns, so that --resume
         continues exactly; a NaN loss raises TrainingDiverged and keeps the last good
-        checkpoint. Returns 'done', 'time' or 'interrupted'."""
+        checkpoint. Returns 'done', 'time' or 'interrupted'. With comm, the ranks stop
+        together (Ctrl-C or time on any rank), and a rank that raises brings every rank down
+        (MPI_Abort) rather than leave them waiting for it."""
         from tqdm import tqdm
+        if self.comm is not None:
+            self._start_together()
         start, status, self._stop = time.perf_counter(), "done", False
-        bar = tqdm(total=iters, initial=self.solver.iter, disable=not self.progress,
+        bar = tqdm(total=iters, initial=self.solver.iter, disable=not (self.progress and
+                                                                       self.is_root),
                    desc="train", dynamic_ncols=True)
         recent, last_iu = [], None
         try:
@@ -361,18 +461,30 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", **({"mIU": f"{last_iu:.3f}"}
                                                         if last_iu is not None else {}))
-                if self._stop:
-                    status = "interrupted"
+                stop = [self._stop, max_seconds is not None and
+                        time.perf_counter() - start > max_seconds]
+                if self.comm is not None:    # every rank stops at the same iteration
+                    stop = self.comm.sum(stop) > 0
+                if stop[0] or stop[1]:
+                    status = "interrupted" if stop[0] else "time"
                     break
-                if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                    status = "time"
-                    break
+            self.checkpoint()
+        except TrainingDiverged:             # every rank saw the same loss: all stop here
+            raise
+        except BaseException as e:
+            if self.comm is not None:
+                distributed.abort(self.comm, e, f"at iteration {self.solver.iter}")
+            raise
         finally:
             bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        self.checkpoint()
-        if self.history:
+        if self.history and self.is_root:
             from .viz import save_curves
             save_curves(self.history, os.path.join(self.out_dir, "curves.png"))
         return status
+
+
+def _plain(rng):
+    """The generator under a ShardedStream (a trainer made again on the same net)."""
+    return rng.gen if isinstance(rng, distributed.ShardedStream) else rng
