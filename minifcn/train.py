@@ -291,7 +291,7 @@ class Trainer:
         self.checkpoint_path = os.path.join(out_dir, "checkpoint.npz")
         self.log_path = os.path.join(out_dir, "log.jsonl")
         self.history: list[dict] = []
-        self.comm, self.reducer = distributed.wrap(comm), None
+        self.comm, self.reducer, self._together = distributed.wrap(comm), None, False
         self.is_root = self.comm is None or self.comm.rank == 0     # writes the files
         if self.comm is not None:
             self._shard(bucket_mb, overlap, cuda_aware_mpi)
@@ -345,6 +345,7 @@ class Trainer:
         path = path or self.checkpoint_path
         info = load_checkpoint(path, self.net, self.solver, self.loader, self.sample_rng,
                                check=self._check_batch(path))
+        self._together = False               # the ranks check again that they agree
         if self.is_root and os.path.exists(self.log_path):   # keep the curve, up to here
             with open(self.log_path) as f:
                 self.history = [r for r in map(json.loads, f) if r["iter"] <= info["iter"]]
@@ -361,6 +362,8 @@ class Trainer:
     def step(self):
         """One solver iteration (iter_size forward/backward passes); returns the mean loss
         (with comm: of the global batch, the same on every rank)."""
+        if self.comm is not None and not self._together:
+            self._start_together()
         self.net.train()
         losses = []
         for k in range(self.iter_size):
@@ -407,6 +410,7 @@ class Trainer:
 
     def _start_together(self):
         """Every rank starts from rank 0's weights, at one iteration and global batch."""
+        self._together = True
         distributed.broadcast_params(self.net, self.comm)
         said = self.comm.allgather_text(f"iteration {self.solver.iter}, global batch "
                                         f"{self.loader.global_batch}")
@@ -430,8 +434,8 @@ class Trainer:
         together (Ctrl-C or time on any rank), and a rank that raises brings every rank down
         (MPI_Abort) rather than leave them waiting for it."""
         from tqdm import tqdm
-        if self.comm is not None:
-            self._start_together()
+        if self.comm is not None and not self._together:
+            self._start_together()           # outside the abort below: all ranks agree
         start, status, self._stop = time.perf_counter(), "done", False
         bar = tqdm(total=iters, initial=self.solver.iter, disable=not (self.progress and
                                                                        self.is_root),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import memory, nets, ops
+from . import allreduce, memory, nets, ops
 
 
 def _no_totals(rows):
@@ -72,6 +72,14 @@ SECTIONS = {
         "the demo's training step: fcn8s_tiny, batch 8, 64x64",
         nets.tiny_ours, nets.tiny_torch, layers="tiny_layers",
         layers_caption="Per layer (cpu), the 8 slowest:", layers_top=8),
+    "allreduce": Section(
+        "Data parallel over MPI: Allreduce and training steps on 1 and 2 ranks",
+        "data-parallel training (mpiexec -n 2, the mpich wheel): Allreduce bandwidth of our "
+        "gradient buckets vs mpi4py's bare Allreduce of one buffer, and fcn8s_tiny / FCN-8s "
+        "steps on 1 and 2 ranks with and without overlap (time waiting for the Allreduce)",
+        alone=allreduce.allreduce_rows,
+        columns=("op", "impl", "shape", "ms", "gb_s", "bus_gb_s", "step_ms", "img_s",
+                 "fwd_ms", "bwd_ms", "wait_ms", "pack_ms", "hidden_pct", "note")),
 }
 
 
@@ -96,7 +104,10 @@ def settings(quick=False):
             loss=(5, 32), fcn=dict(backbone="micro", sizes=[32, 48], layer_size=48, classes=5),
             memory=dict(backbone="micro", size=48, classes=5),
             patches=dict(kind="micro", image=48, patch=32, batch=16),
-            tiny=dict(batch=2, size=32, classes=5))
+            tiny=dict(batch=2, size=32, classes=5),
+            allreduce=dict(buffers_mb=[1], bucket_mb=[0.01], model="fcn8s_micro", repeat=2,
+                           warmup=1, steps=1,
+                           nets=[dict(model="fcn8s_micro", batch=2, size=32, classes=5)]))
     return dict(
         quick=False, repeat=5, warmup=2, net_repeat=3, size=224, width_div=1, numpy_size=112,
         deconvs=[("upscore 7x7", 21, 64, 32, 7, True), ("upscore 8x8", 21, 64, 32, 8, True),
@@ -108,7 +119,11 @@ def settings(quick=False):
                                  classes=21),
         memory=dict(backbone="vgg16", size=500, classes=21),
         patches=dict(kind="alexnet", image=500, patch=227, batch=100),
-        tiny=dict(batch=8, size=64, classes=5))
+        tiny=dict(batch=8, size=64, classes=5),
+        allreduce=dict(buffers_mb=[4, 64, 512], bucket_mb=[4, 25], model="fcn8s", repeat=5,
+                       warmup=1, steps=3,
+                       nets=[dict(model="fcn8s_tiny", batch=8, size=64, classes=5),
+                             dict(model="fcn8s", batch=1, size=500, classes=21)]))
 
 
 def simulator_settings():

@@ -3,7 +3,8 @@ library's thread pools nor environment (OMP_WAIT_POLICY, thread counts) touch th
 
   TorchProcess   a long-lived PyTorch process timing one section per request (JSON lines on
                  its stdin / stdout), so that its rounds interleave with ours
-  run_worker     a fresh process for one measurement (the memory section's, each side's own)
+  run_worker     a fresh process for one measurement (the memory section's, each side's own;
+                 the allreduce section's, alone and as the ranks of an mpiexec)
   worker_main    what those processes run: `python -m minifcn.bench --worker SPEC`
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import subprocess
 import sys
 
-from . import memory
+from . import allreduce, memory
 from .sections import SECTIONS
 from .torch_side import import_torch, mirror_check, torch_info
 
@@ -80,13 +81,15 @@ def _torch_loop(threads):
         print(json.dumps(out, default=float), flush=True)
 
 
-def run_worker(kind, cfg, sections=(), threads=None, timeout=900):
-    """Run a worker (torch timings, or a memory measurement) in a fresh Python process; its
-    result comes back as JSON on the last line of its stdout."""
+def run_worker(kind, cfg, sections=(), threads=None, timeout=900, prefix=(), env=None):
+    """Run a worker (torch timings, or a memory measurement) in a fresh Python process
+    (prefix: a launcher, as ["mpiexec", "-n", "2"]); its result comes back as JSON on the
+    last line of its stdout."""
     spec = json.dumps({"kind": kind, "cfg": cfg, "sections": list(sections),
                        "threads": threads})
     try:
-        p = subprocess.run(WORKER + [spec], capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(list(prefix) + WORKER + [spec], capture_output=True, text=True,
+                           timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"{kind} worker timed out after {timeout} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -110,7 +113,10 @@ def worker_main(spec):
         result = torch_worker(cfg, spec["sections"], spec.get("threads"))
     elif kind in ONE_SHOT:
         result = ONE_SHOT[kind](cfg)
+    elif kind == "allreduce":             # one of several ranks: rank 0 alone answers
+        result = allreduce.worker(cfg, spec.get("threads"))
     else:
         raise SystemExit(f"unknown worker {kind!r}")
-    print(json.dumps(result, default=float))
+    if result is not None:
+        print(json.dumps(result, default=float))
     return 0
