@@ -134,8 +134,15 @@ def wrap(comm):
 
 def select_gpu(comm):
     """Rank r uses GPU r % device_count (call before the net goes to cuda). Returns it."""
-    from numba import cuda
-    n = len(cuda.gpus)
+    from .kernels import DeviceUnavailable
+    try:
+        from numba import cuda
+        n = len(cuda.gpus)
+    except Exception as e:                 # noqa: BLE001 -- no driver, no GPU: say which
+        raise DeviceUnavailable(f"device 'cuda' is not available on rank {comm.rank}: "
+                                f"{e}") from None
+    if n == 0:
+        raise DeviceUnavailable(f"device 'cuda': rank {comm.rank} sees no GPU")
     index = comm.rank % n
     cuda.select_device(index)
     return index

@@ -234,3 +234,15 @@ def test_torch_twin_computes_what_the_layer_computes(case):
         theirs = layer.torch_twin(torch)(tx, params, False, False).numpy()
     assert np.shape(theirs) == np.shape(ours)
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+
+
+def test_quick_allreduce_section_ran_on_one_and_two_ranks(quick):
+    """The data-parallel section really ran under mpiexec (not a note that it could not)."""
+    rc, res, md = quick
+    rows = res["allreduce"]
+    assert not [r for r in rows if r["op"] == "data parallel"], rows
+    assert any(r["impl"] == "mpi4py, one buffer" and r["gb_s"] > 0 for r in rows)
+    assert any(r["impl"].startswith("ours,") and r["gb_s"] > 0 for r in rows)
+    steps = {r["impl"] for r in rows if r.get("step_ms")}
+    assert any(i.startswith("1 x") for i in steps) and any(i.startswith("2 x") for i in steps)
+    assert any("wait_ms" in r for r in rows)

@@ -8,7 +8,8 @@ Under `mpiexec -n 2` (workers.run_worker with the mpich wheel's mpiexec), rank 0
   * training steps (Trainer.step) of fcn8s_tiny and FCN-8s with each rank's batch, with and
     without overlap: the step, and the time spent waiting for the Allreduce after backward
     (what compute did not hide; without overlap that is the whole Allreduce).
-And in a fresh process alone: the same steps on 1 rank, with all the cores. Two ranks on this
+And in a fresh process alone: the same steps on 1 rank, with all the cores and with one
+rank's share of them (what each of the 2 ranks has). Two ranks on this
 2-core box get one core each, so "2 ranks" here measures the cost of the machinery (copies,
 waits, a shared memory bus), not a speed-up: a real cluster puts a rank on each node or GPU
 (benchmarks/allreduce_scaling.py models that)."""
@@ -43,8 +44,10 @@ def allreduce_rows(cfg, with_torch=False):
         return _note(str(e))
     cores = os.cpu_count() or 1
     rows = []
-    for ranks in (1, 2):
-        threads = max(1, cores // ranks)
+    # 1 rank with all the cores, 1 rank with a rank's share of them (each of the 2 ranks'
+    # compute alone), then 2 ranks
+    for ranks, threads in sorted({(1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))},
+                                 key=lambda rt: (rt[0], -rt[1])):
         env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                    OPENBLAS_NUM_THREADS=str(threads))
         prefix = [mpiexec, "-n", str(ranks)] if ranks > 1 else []

@@ -121,7 +121,7 @@ def settings(quick=False):
         patches=dict(kind="alexnet", image=500, patch=227, batch=100),
         tiny=dict(batch=8, size=64, classes=5),
         allreduce=dict(buffers_mb=[4, 64, 512], bucket_mb=[4, 25], model="fcn8s", repeat=5,
-                       warmup=1, steps=3,
+                       warmup=1, steps=2,
                        nets=[dict(model="fcn8s_tiny", batch=8, size=64, classes=5),
                              dict(model="fcn8s", batch=1, size=500, classes=21)]))
 
