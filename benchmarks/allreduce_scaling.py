@@ -88,7 +88,7 @@ def node_from_rows(rows):
 
 
 def model_tables(nbytes, nodes):
-    out = [f"Gradients: {nbytes / 1e6:.0f} MB a step (float32, derived from FCN-8s's "
+    out = [f"Gradients: {nbytes / 1e6:.1f} MB a step (float32, derived from FCN-8s's "
            f"{nbytes // 4:,} trainable parameters). Ring Allreduce time at N = 64: " +
            ", ".join(f"{ring_seconds(nbytes, 64, g) * 1e3:.0f} ms at {g} Gb/s"
                      for g in LINKS_GBIT) + "."]
