@@ -1,4 +1,4 @@
-"""The `minifcn` command: train, eval, predict, rf, bench.
+"""The `minifcn` command: train, eval, predict, rf, convert, bench.
 
 Every verb checks its arguments and inputs before work starts; a bad argument, a missing
 file or a malformed dataset prints one line on stderr and exits non-zero, never a traceback.
@@ -72,6 +72,12 @@ def load_weights(net, path):
 # ----------------------------------------------------------------------------- verbs
 def cmd_train(a):
     from . import data, train
+    if a.solver:                         # the reference's solve.py (minifcn.caffe.commands)
+        from .caffe import commands
+        return commands.train(a)
+    if a.prototxt:
+        raise UsageError("minifcn train: --prototxt goes with --solver (the solver.prototxt)")
+    a.iters = a.iters or 1000
     dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd, a.synthetic_size,
                                         a.seed)
     val, _ = (load_dataset(a.data, a.val_split, num_classes, a.sbd, a.synthetic_size, a.seed)
@@ -85,8 +91,8 @@ def cmd_train(a):
             raise UsageError(f"--class-weights has {len(a.class_weights)} values for "
                              f"{num_classes} classes")
         net.layers["loss"].class_weights = np.asarray(a.class_weights)
-    if a.weights:
-        load_weights(net, a.weights)
+    for path in a.weights or []:
+        load_weights(net, path)
     if a.vgg16:
         from .weights import import_torchvision_vgg16, load_torch_state_dict
         report = import_torchvision_vgg16(net, load_torch_state_dict(a.vgg16))
@@ -122,6 +128,9 @@ def _metrics_line(s):
 
 def cmd_eval(a):
     from . import metrics, train, viz
+    if a.prototxt:
+        from .caffe import commands
+        return commands.evaluate(a)
     dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd, a.synthetic_size)
     net = build_model(a.model, num_classes, loss=True)
     load_weights(net, a.weights)
@@ -146,6 +155,9 @@ def _predict_image(net, img):
 
 def cmd_predict(a):
     from PIL import Image, UnidentifiedImageError
+    if a.prototxt:
+        from .caffe import commands
+        return commands.predict(a)
 
     from . import viz
     for path in a.images:                    # check every input before any work
@@ -183,6 +195,20 @@ def cmd_rf(a):
     return 0
 
 
+def cmd_convert(a):
+    from .caffe import commands
+    return commands.convert(a)
+
+
+def _add_caffe(p, what):
+    p.add_argument("--prototxt", help=f"a Caffe {what} .prototxt instead of --model")
+    p.add_argument("--max-channels", type=int, default=None, metavar="N",
+                   help="cap every layer's width at N, geometry kept (a quick look)")
+    p.add_argument("--crops", choices=["check", "derive", "file"], default="check",
+                   help="a prototxt Crop whose offset differs from the derived one: refuse "
+                        "(check), use minifcn's (derive) or the file's (file)")
+
+
 def cmd_bench(a):
     from . import bench
     return bench.main(a)
@@ -200,7 +226,10 @@ def make_parser():
     _add_device(t)
     t.add_argument("--val-split", default="val", help="split to validate on ('' for none)")
     t.add_argument("--out", default="runs/train", help="output directory")
-    t.add_argument("--iters", type=int, default=1000)
+    t.add_argument("--iters", type=int, default=None, help="iterations (default 1000, or the "
+                   "solver's max_iter)")
+    t.add_argument("--solver", help="a Caffe solver.prototxt: train as the reference's solve.py")
+    _add_caffe(t, "train net (with --solver)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this much training")
     t.add_argument("--batch", type=int, default=1)
     t.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
@@ -220,7 +249,9 @@ def make_parser():
                    help="loss normalisation (default: the model's; the VGG FCNs use 'batch' "
                         "as the reference, which wants a tiny lr such as 1e-10)")
     t.add_argument("--class-weights", type=float, nargs="+", default=None)
-    t.add_argument("--weights", help="initial weights (.npz)")
+    t.add_argument("--weights", action="append", metavar="PATH[:SUFFIX]",
+                   help="initial weights (.npz, .caffemodel, .pth); with --solver transplanted "
+                        "as surgery.transplant (a suffix for NYUD's two trunks); repeatable")
     t.add_argument("--vgg16", help="torchvision VGG16 .pth to start from (the paper's recipe)")
     t.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint "
                    "(default: the one in --out)")
@@ -234,7 +265,9 @@ def make_parser():
     _add_model(e, required=False)
     _add_data(e, "val")
     _add_device(e)
-    e.add_argument("--weights", required=True, help="weights .npz or training checkpoint")
+    e.add_argument("--weights", required=True, help="weights (.npz, checkpoint, .caffemodel, "
+                   ".pth)")
+    _add_caffe(e, "val/test net (its data layer names the data; --data replaces the folder)")
     e.add_argument("--overlays", help="write image|truth|prediction PNGs here")
     e.add_argument("--n-overlays", type=int, default=8)
     e.set_defaults(fn=cmd_eval)
@@ -242,7 +275,11 @@ def make_parser():
     r = sub.add_parser("predict", help="segment images of any size")
     _add_model(r, required=False)
     _add_device(r)
-    r.add_argument("--weights", required=True)
+    r.add_argument("--weights", required=True, help="weights (.npz, checkpoint, .caffemodel, "
+                   ".pth)")
+    r.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"), default=None,
+                   help="mean to subtract (default VOC's, as the reference's infer.py)")
+    _add_caffe(r, "deploy net")
     r.add_argument("--out", default="predictions", help="output directory")
     r.add_argument("images", nargs="+", help="image files")
     r.set_defaults(fn=cmd_predict)
@@ -253,6 +290,17 @@ def make_parser():
     f.add_argument("--num-classes", type=int, default=None)
     f.add_argument("--list", action="store_true", help="list the model names")
     f.set_defaults(fn=cmd_rf)
+
+    c = sub.add_parser("convert", help="weights of any kind (.caffemodel, .pth, .npz) into an "
+                       ".npz (or .caffemodel)")
+    c.add_argument("input")
+    c.add_argument("output", help="OUT.npz, or OUT.caffemodel to go back to Caffe")
+    c.add_argument("--model", help="the net the weights are for (see `minifcn rf --list`)")
+    c.add_argument("--num-classes", type=int, default=None)
+    c.add_argument("--partial", action="store_true", help="allow weights that fill only part "
+                   "of the net")
+    _add_caffe(c, "net")
+    c.set_defaults(fn=cmd_convert)
 
     from . import bench
     b = sub.add_parser("bench", help="time kernels, layers and nets",
@@ -265,7 +313,7 @@ def make_parser():
 
 def _check_ranges(a):
     for name in ("iters", "batch", "iter_size", "val_interval", "checkpoint_interval",
-                 "n_overlays", "num_classes", "synthetic_size"):
+                 "n_overlays", "num_classes", "synthetic_size", "max_channels"):
         v = getattr(a, name, None)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
