@@ -289,7 +289,8 @@ class _Reader:
         self.info.types[name] = typ
         self.specs = self._param_specs(m, v1)
         layer = build(m, bottoms, tops)
-        m.get("phase")
+        if not v1:
+            m.get("phase")
         _refuse_unread(m, where, f"layer {name!r} ({typ})")
         if layer is None:
             return
