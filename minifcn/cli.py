@@ -53,8 +53,10 @@ def model_names():
 def build_model(name, num_classes, loss=True, **kw):
     """models.build, with an unknown name reported as a usage mistake."""
     from . import models
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
     try:
-        return models.build(name, num_classes=num_classes, loss=loss, **kw)
+        return models.build(name, loss=loss, **kw)
     except models.UnknownModel as e:
         raise UsageError(str(e)) from None
 
@@ -128,7 +130,8 @@ def _metrics_line(s):
 
 def cmd_eval(a):
     from . import metrics, train, viz
-    if a.prototxt:
+    from .scene_models import MODELS as SCENES
+    if a.prototxt or a.model in SCENES:   # per-head scores (SIFT Flow: semantics + geometry)
         from .caffe import commands
         return commands.evaluate(a)
     dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd, a.synthetic_size)

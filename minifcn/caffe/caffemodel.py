@@ -27,7 +27,7 @@ import numpy as np
 from .. import layers as L
 from ..files import atomic_write
 from . import schema, wire
-from .net import expand_groups
+from .fillers import expand_groups
 
 __all__ = ["read_weights", "read_blobs", "write_weights", "WeightsReport", "CaffeModelError"]
 

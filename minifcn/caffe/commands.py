@@ -124,14 +124,37 @@ def predict(a):
 def evaluate(a, net=None, dataset=None):
     """Score each head of a val/test prototxt (or a section-5 model) on its dataset."""
     from ..datasets import evaluate_heads, format_heads
-    if net is None:
+    if net is None and a.prototxt:
         net = open_net(a.prototxt, "test", a)
         _, dataset = _dataset(net, a.prototxt, a)
+    elif net is None:
+        from ..cli import build_model
+        net = build_model(a.model, a.num_classes, loss=True)
+        dataset = scene_dataset(a.model, a.data, a.split)
     _load(net, a.weights)
     net.to(a.device)
     results = evaluate_heads(net, dataset, progress=True)
     print(format_heads(results, dataset))
     return 0
+
+
+def scene_dataset(model, root, split):
+    """The dataset of a section-5 model (minifcn.scene_models), its tops named as the net's
+    inputs: siftflow_* -> SIFT Flow, nyud_* -> NYUDv2, pascalcontext_* -> PASCAL-Context
+    (root holding both VOC2010/ and the context files)."""
+    from ..datasets import NYUD, PASCALContext, SIFTFlow, _Renamed
+    if root in (None, "synthetic") or not os.path.isdir(root):
+        raise FileNotFoundError(f"{model} is scored on its dataset: give --data DIR (not "
+                                f"{root!r})")
+    if model.startswith("siftflow"):
+        return _Renamed(SIFTFlow(root, split), ("data", "sem", "geo"))
+    if model.startswith("pascalcontext"):
+        return _Renamed(PASCALContext(root, root, split), ("data", "label"))
+    tops = {"nyud_fcn32s_color": (("color", "label"), ("data", "label")),
+            "nyud_fcn32s_hha": (("hha", "label"), ("data", "label")),
+            "nyud_fcn32s_color_d": (("color", "depth", "label"),) * 2,
+            "nyud_fcn32s_color_hha": (("color", "hha", "label"),) * 2}[model]
+    return _Renamed(NYUD(root, split, tops[0]), tops[1])
 
 
 def convert(a):

@@ -49,6 +49,7 @@ from .. import layers as L
 from ..coordmap import (CropError, UndefinedMap, blob_shapes, fmt_map, is_integer_shift,
                         map_between)
 from ..net import Net
+from .fillers import expand_groups, fill
 from .text_format import PrototxtError, parse_file
 
 __all__ = ["read_net", "NetInfo", "DataLayer", "PrototxtError", "DATA_LAYERS"]
@@ -120,51 +121,6 @@ def _included(msg, phase, level, stages):
     if inc:
         return any(_rule_met(r, phase, level, stages) for r in inc)
     return not any(_rule_met(r, phase, level, stages) for r in exc)
-
-
-# ----------------------------------------------------------------------------- fillers
-def _caffe_bilinear(shape):
-    """Caffe's BilinearFiller: the same tent in every (c_out, c_in) pair of a square kernel."""
-    k = shape[-1]
-    f = -(-k // 2)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
-    x = np.arange(k)
-    tent = 1 - np.abs(x / f - c)
-    return np.broadcast_to(np.outer(tent, tent), shape)
-
-
-def _fill(shape, filler, rng, dtype, where, default="constant", value=0.0):
-    """An array of `shape` as a Caffe FillerParameter says (fan_in = count / shape[0],
-    fan_out = count / shape[1], on Caffe's blob shape)."""
-    typ = filler.get("type", "constant") if filler is not None else default
-    count = int(np.prod(shape))
-    fan_in, fan_out = count / shape[0], count / (shape[1] if len(shape) > 1 else 1)
-    if filler is not None:
-        norm = filler.get("variance_norm", "FAN_IN")
-        n = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2}[norm]
-    if typ == "constant":
-        v = filler.get("value", 0.0) if filler is not None else value
-        return np.zeros(shape, dtype) if v == 0 else np.full(shape, v, dtype)
-    if typ == "gaussian":
-        if filler.get("sparse", -1) != -1:
-            raise PrototxtError(f"{where}: a sparse gaussian filler is not supported")
-        out = filler.get("mean", 0.0) + filler.get("std", 1.0) * rng.standard_normal(shape)
-    elif typ == "uniform":
-        out = rng.uniform(filler.get("min", 0.0), filler.get("max", 1.0), shape)
-    elif typ == "xavier":
-        out = rng.uniform(-np.sqrt(3 / n), np.sqrt(3 / n), shape)
-    elif typ == "msra":
-        out = rng.standard_normal(shape) * np.sqrt(2 / n)
-    elif typ == "bilinear":
-        if len(shape) != 4 or shape[2] != shape[3]:
-            raise PrototxtError(f"{where}: the bilinear filler needs a square 2-D kernel")
-        out = _caffe_bilinear(shape)
-    else:
-        raise PrototxtError(f"{where}: filler type {typ!r} is not supported (constant, "
-                            f"gaussian, uniform, xavier, msra, bilinear)")
-    if filler is not None:
-        _refuse_unread(filler, where, "filler")
-    return np.asarray(out, dtype)
 
 
 def _refuse_unread(msg, where, what):
@@ -362,7 +318,7 @@ class _Reader:
     def _init(self, shape, filler, default="constant", value=0.0):
         if not self.materialize:
             return np.zeros(shape, self.dtype)
-        return _fill(shape, filler, self.rng, self.dtype, self.where, default, value)
+        return fill(shape, filler, self.rng, self.dtype, self.where, default, value)
 
     # -- the types (method _<Type> builds one; returning None adds nothing)
     def _Input(self, m, bottoms, tops):
@@ -681,15 +637,6 @@ class _Empty:
 
     def __bool__(self):
         return False
-
-
-def expand_groups(w, group):
-    """A per-channel (group = C) deconvolution weight (C, 1, k, k) as minifcn's full
-    (C, C, k, k): each channel's kernel on the diagonal, zero across channels."""
-    c = w.shape[0]
-    full = np.zeros((c, c) + w.shape[2:], w.dtype)
-    full[range(c), range(c)] = w[:, 0]
-    return full
 
 
 def read_net(path, phase="test", *, level=0, stages=(), crops="check", materialize=True,
