@@ -9,7 +9,9 @@ import argparse
 import json
 import sys
 
-from minifcn import bench
+from minifcn.bench.report import report, targets, write_json
+from minifcn.bench.rows import best_of, layers_total_ms
+from minifcn.bench.sections import SECTIONS
 from minifcn.files import atomic_write_text
 
 
@@ -28,17 +30,16 @@ def merge(results):
         for k in ("torch_mirror_check", "cuda_note", "torch_error"):
             if r.get(k) is not None:
                 out[k] = r[k]
-    for sec in bench.SECTIONS:
+    for sec in SECTIONS:
         tables = [r[sec] for r in results if r.get(sec)]
         if tables:
             out["sections"].append(sec)
-            out[sec] = bench.best_of(tables)
+            out[sec] = best_of(tables)
     for key in ("fcn_layers", "fcn_layers_torch", "tiny_layers"):
         cands = [r[key] for r in results if r.get(key)]
         if cands:          # the fastest pass's per-layer table
-            out[key] = min(cands, key=lambda c: sum(sum(v or 0 for v in ms)
-                                                    for ms in c["ms"].values()))
-    out["targets"] = bench.targets(out)
+            out[key] = min(cands, key=layers_total_ms)
+    out["targets"] = targets(out)
     return out
 
 
@@ -53,10 +54,10 @@ def main(argv=None):
         with open(path) as f:
             results.append(json.load(f))
     out = merge(results)
-    text = bench.report(out)
+    text = report(out)
     print(text)
     if a.json:
-        bench.write_json(a.json, out)
+        write_json(a.json, out)
     if a.markdown:
         atomic_write_text(a.markdown, text + "\n")
     return 0

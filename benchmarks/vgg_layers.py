@@ -8,15 +8,15 @@ The same as `minifcn bench --sections convs pools`.
 import argparse
 import sys
 
-from minifcn import bench
+from minifcn.bench.command import add_arguments, main as bench_main
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bench.add_arguments(ap)
+    add_arguments(ap)
     args = ap.parse_args(argv)
     args.sections = args.sections or ["convs", "pools"]
-    return bench.main(args)
+    return bench_main(args)
 
 
 if __name__ == "__main__":

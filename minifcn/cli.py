@@ -213,8 +213,8 @@ def _add_caffe(p, what):
 
 
 def cmd_bench(a):
-    from . import bench
-    return bench.main(a)
+    from .bench import command
+    return command.main(a)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -305,11 +305,10 @@ def make_parser():
     _add_caffe(c, "net")
     c.set_defaults(fn=cmd_convert)
 
-    from . import bench
+    from .bench import command
     b = sub.add_parser("bench", help="time kernels, layers and nets",
                        description="Time kernels, layers and nets side by side with references.")
-    if hasattr(bench, "add_arguments"):
-        bench.add_arguments(b)
+    command.add_arguments(b)
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -118,6 +118,17 @@ class Layer:
         inner = ", ".join(f"{k}={v}" for k, v in geo.items())
         return f"{type(self).__name__}({inner})"
 
+    # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic
+    def torch_twin(self, torch):
+        """This layer in PyTorch ops (`torch` the module): a function (bottoms, params, train,
+        inplace) -> top; bottoms a list of tensors, params {"weight": tensor, ...}, inplace
+        whether the Net runs this layer in place."""
+        raise NotImplementedError(f"a {type(self).__name__} layer has no PyTorch twin")
+
+    def flops(self, bottom_shape, top_shape):
+        """Multiply-adds x 2 of a forward pass (only convolutions count)."""
+        return 0.0
+
 
 # ----------------------------------------------------------------------------- initialisers
 def upsample_filt(size):
@@ -243,6 +254,16 @@ class Conv(Window):
             self._store_grad("bias", db, accumulate)
         return dx
 
+    # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: torch.nn.functional.conv2d(
+            xs[0], p["weight"], p.get("bias"), self.stride, self.pad, self.dilation, self.groups)
+
+    def flops(self, bottom_shape, top_shape):
+        n, f, ho, wo = top_shape
+        kh, kw = self.params["weight"].shape[2:]
+        return 2.0 * n * f * ho * wo * (self.in_ch // self.groups) * kh * kw
+
 
 class InnerProduct(Conv):
     """A fully connected layer on a (N, C, H, W) input of fixed size: out[n, f] = sum over
@@ -296,6 +317,14 @@ class InnerProduct(Conv):
         if self.trainable("bias"):
             self._store_grad("bias", db, accumulate)
         return dx
+
+    # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: torch.nn.functional.linear(
+            xs[0].flatten(1), p["weight"], p.get("bias"))[:, :, None, None]
+
+    def flops(self, bottom_shape, top_shape):
+        return 2.0 * top_shape[0] * self.out_ch * math.prod(self.in_shape)
 
 
 class Deconv(Layer):
@@ -355,6 +384,15 @@ class Deconv(Layer):
             self._store_grad("bias", db, accumulate)
         return dx
 
+    # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: torch.nn.functional.conv_transpose2d(
+            xs[0], p["weight"], p.get("bias"), self.stride, self.pad)
+
+    def flops(self, bottom_shape, top_shape):
+        n, c, h, w = bottom_shape
+        return 2.0 * n * c * h * w * self.out_ch * self.kernel[0] * self.kernel[1]
+
 
 class MaxPool(Window):
     def __init__(self, kernel, stride=None, pad=0, ceil_mode=True):
@@ -384,6 +422,11 @@ class MaxPool(Window):
             return None
         return F.max_pool2d_backward(dtops[0], self.argmax, self.x_shape, device=self.device)
 
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: torch.nn.functional.max_pool2d(
+            xs[0], self.kernel, self.stride, self.pad, ceil_mode=self.ceil_mode)
+
 
 class AvgPool(MaxPool):
     def _forward(self, x):
@@ -396,6 +439,11 @@ class AvgPool(MaxPool):
             return None
         return F.avg_pool2d_backward(dtops[0], self.x_shape, self.kernel, self.stride, self.pad,
                                      self.ceil_mode, device=self.device)
+
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: torch.nn.functional.avg_pool2d(
+            xs[0], self.kernel, self.stride, self.pad, ceil_mode=self.ceil_mode)
 
 
 class ReLU(Pointwise):
@@ -413,6 +461,13 @@ class ReLU(Pointwise):
         # the output has the input's sign pattern, so x need not be kept
         return F.relu_backward(dtops[0], self.y, self.slope, device=self.device)
 
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        fn = torch.nn.functional
+        if self.slope:
+            return lambda xs, p, train, inplace: fn.leaky_relu(xs[0], self.slope, inplace)
+        return lambda xs, p, train, inplace: fn.relu(xs[0], inplace)
+
 
 class Dropout(Pointwise):
     """Inverted dropout; identity in eval mode. Its own seeded generator keeps runs
@@ -429,6 +484,12 @@ class Dropout(Pointwise):
 
     def _backward(self, dtops, need, accumulate):
         return F.dropout_backward(dtops[0], self.mask, device=self.device)
+
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        # never in place: ReLU's backward reads the output it made in place (as in
+        # torchvision's VGG: ReLU(inplace=True), then Dropout())
+        return lambda xs, p, train, inplace: torch.nn.functional.dropout(xs[0], self.p, train)
 
 
 class Crop(Layer):
@@ -485,6 +546,13 @@ class Crop(Layer):
             if need[0] else None
         return dx, None          # the reference only lends its shape
 
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        def twin(xs, p, train, inplace):
+            (oh, ow), (h, w) = self.offset, xs[1].shape[-2:]
+            return xs[0][:, :, oh:oh + h, ow:ow + w]
+        return twin
+
 
 class Sum(Pointwise):
     """Caffe's Eltwise SUM: coeffs[i] * bottoms[i], summed."""
@@ -507,6 +575,13 @@ class Sum(Pointwise):
         coeffs = self.coeffs or [1.0] * self.n
         return tuple(F.scale(dtops[0], c, device=self.device) if nd else None
                      for c, nd in zip(coeffs, need))
+
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        def twin(xs, p, train, inplace):
+            coeffs = self.coeffs or [1.0] * len(xs)
+            return sum(c * x if c != 1 else x for c, x in zip(coeffs, xs))
+        return twin
 
 
 class Concat(Pointwise):
@@ -560,6 +635,10 @@ class Scale(Pointwise):
     def _backward(self, dtops, need, accumulate):
         return F.scale(dtops[0], self.c, device=self.device)
 
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: xs[0] * self.c
+
 
 class LRN(Pointwise):
     """Local response normalisation across channels (AlexNet)."""
@@ -577,6 +656,11 @@ class LRN(Pointwise):
 
     def _backward(self, dtops, need, accumulate):
         return F.lrn_backward(dtops[0], self.x, **self._args(), device=self.device)
+
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: torch.nn.functional.local_response_norm(
+            xs[0], self.size, self.alpha, self.beta, self.k)
 
 
 class SoftmaxLoss(Layer):
@@ -601,3 +685,16 @@ class SoftmaxLoss(Layer):
         scale = self.loss_weight * float(dtops[0])
         d = self.dscores if scale == 1 else F.scale(self.dscores, scale, device=self.device)
         return d, None
+
+    # -- for minifcn.bench: this layer in PyTorch ops
+    def torch_twin(self, torch):
+        # "valid": the mean over valid pixels; "batch": the sum, over N; "none": the sum
+        reduction = "mean" if self.normalize == "valid" else "sum"
+
+        def twin(xs, p, train, inplace):
+            loss = torch.nn.functional.cross_entropy(
+                xs[0], xs[1], ignore_index=self.ignore_label, reduction=reduction)
+            if self.normalize == "batch":
+                loss = loss / xs[0].shape[0]
+            return loss * self.loss_weight
+        return twin

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from minifcn import bench, cli
+from minifcn import layers as L
+from minifcn.bench import nets, ops, sections
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -55,11 +57,11 @@ def test_patch_stack_follows_the_fcn_stride():
     size, the image zero-padded past its edge."""
     import numpy as np
     from minifcn.coordmap import receptive_field
-    _, fcn = bench._patch_nets(dict(kind="micro", patch=32))
+    _, fcn = nets.patch_nets(dict(kind="micro", patch=32))
     img = np.random.default_rng(0).standard_normal((1, 3, 70, 70)).astype(np.float32)
     out = fcn.eval().forward(data=img)
     stride = int(receptive_field(fcn, "fc8")[0][1])
-    patches = bench.patch_stack(fcn, img, 32, out.shape[2:])
+    patches = nets.patch_stack(fcn, img, 32, out.shape[2:])
     gh, gw = out.shape[2:]
     assert stride == 32 and patches.shape == (gh * gw, 3, 32, 32)
     i, j = gh - 1, gw - 1                                     # the last patch: past the edge
@@ -102,3 +104,133 @@ def test_tables_and_targets():
     assert got["VGG16 13 convs fwd+bwd vs PyTorch"]["measured"] == pytest.approx(0.5)
     assert got["VGG16 13 convs fwd+bwd vs PyTorch"]["met"] is True
     assert got["5 max-pools fwd+bwd, PyTorch / ours"]["met"] is None
+
+
+# ----------------------------------------------------------------------------- the section table
+def _bench_parser_action(dest):
+    sub = next(a for a in cli.make_parser()._actions if a.dest == "verb")
+    return next(a for a in sub.choices["bench"]._actions if a.dest == dest)
+
+
+def test_sections_flag_is_the_section_table():
+    """--sections offers exactly the table's sections, in its order, and its help names them;
+    each section has both sides (ours and PyTorch's) or runs alone in fresh processes."""
+    act = _bench_parser_action("sections")
+    assert list(act.choices) == list(bench.SECTIONS)
+    assert " ".join(bench.SECTIONS) in act.help
+    for name, s in bench.SECTIONS.items():
+        assert s.title and s.doc, name
+        assert (s.ours and s.torch) or s.alone, name
+        assert f"  {name} " in bench.__doc__, f"the package docstring does not list {name}"
+        assert s.numpy in ("always", "quick", "never"), name
+        assert not s.layers or s.layers_caption, name
+
+
+def test_run_refuses_an_unknown_section():
+    import argparse
+    args = argparse.Namespace(quick=True, repeat=None, rounds=None, sections=["convz"],
+                              devices=None, torch=False, threads=None, json=None, markdown=None)
+    with pytest.raises(ValueError, match="unknown section.*convz.*choose from convs, pools"):
+        bench.run(args)
+
+
+def test_numpy_and_the_simulator_take_part_where_the_table_says():
+    quick, full = sections.settings(True), sections.settings(False)
+    fcn, patches = bench.SECTIONS["fcn"], bench.SECTIONS["patches"]
+    assert sections.runs_on(fcn, "numpy", quick) and not sections.runs_on(fcn, "numpy", full)
+    assert not sections.runs_on(patches, "numpy", quick)
+    assert sections.runs_on(bench.SECTIONS["convs"], "cuda", quick, simulator=True)
+    assert not sections.runs_on(fcn, "cuda", quick, simulator=True)
+    assert sections.runs_on(fcn, "cuda", full, simulator=False)
+
+
+# ----------------------------------------------------------------------------- layers' twins, FLOPs
+def test_a_layer_type_without_a_twin_says_which():
+    class Odd(L.Layer):
+        pass
+    with pytest.raises(NotImplementedError, match="Odd layer has no PyTorch twin"):
+        Odd().torch_twin(None)
+    assert Odd().flops((1, 3, 8, 8), (1, 3, 8, 8)) == 0.0
+
+
+def test_net_flops_of_vgg16_is_its_well_known_15_5_gmacs():
+    """Counted from what each layer says (Conv / InnerProduct / Deconv .flops): VGG16 at
+    224x224 is 15.47 G multiply-adds, 13 convolutions and 3 fully connected layers."""
+    from minifcn import models
+    from minifcn.coordmap import blob_shapes
+    net = models.vgg16(materialize=False)
+    shapes = {b: (1,) + tuple(s) for b, s in blob_shapes(net, (224, 224)).items()}
+    convs = sum(2 * (224 // d) ** 2 * ci * co * 9 for _, ci, co, d in ops.VGG16_CONVS)
+    fcs = 2 * (512 * 7 * 7 * 4096 + 4096 * 4096 + 4096 * 1000)
+    assert nets.net_flops(net, shapes) == pytest.approx(convs + fcs)
+    assert nets.net_flops(net, shapes) / 2 == pytest.approx(15.47e9, rel=2e-3)
+
+
+def _model_nets():
+    from minifcn import models
+    out = {name: build(materialize=False) for name, build in models.MODELS.items()}
+    out["alexnet convolutionalized"] = models.convolutionalize(out["alexnet"],
+                                                               copy_params=False)
+    return out
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is optional")
+def test_every_layer_type_the_models_use_has_a_torch_twin():
+    import torch
+    types = {}
+    for name, net in _model_nets().items():
+        for layer in net.layers.values():
+            types.setdefault(type(layer).__name__, layer)
+    assert {"Conv", "InnerProduct", "Deconv", "MaxPool", "ReLU", "Dropout", "Crop", "Sum",
+            "Scale", "LRN", "SoftmaxLoss"} <= set(types)
+    for name, layer in types.items():
+        assert callable(layer.torch_twin(torch)), name
+
+
+def _twin_cases():
+    """(layer, bottom shapes) for each layer type, geometry that is not the default."""
+    return [
+        ("conv", L.Conv(4, 6, 3, stride=2, pad=1, dilation=2, groups=2, seed=0), [(2, 4, 9, 9)]),
+        ("fc", L.InnerProduct((3, 4, 4), 5, seed=0), [(2, 3, 4, 4)]),
+        ("deconv", L.Deconv(3, 3, 4, stride=2, pad=1, bias=True), [(1, 3, 5, 5)]),
+        ("maxpool", L.MaxPool(3, 2), [(1, 2, 8, 8)]),          # ceil mode: 4x4, not 3x3
+        ("avgpool", L.AvgPool(2, 2, pad=1), [(1, 2, 7, 7)]),
+        ("relu", L.ReLU(), [(1, 2, 4, 4)]),
+        ("leaky relu", L.ReLU(0.1), [(1, 2, 4, 4)]),
+        ("dropout (eval)", L.Dropout(0.5, seed=0), [(1, 2, 4, 4)]),
+        ("crop", L.Crop((1, 2)), [(1, 2, 8, 9), (1, 2, 5, 5)]),
+        ("sum", L.Sum([1.0, -0.5]), [(1, 2, 4, 4), (1, 2, 4, 4)]),
+        ("scale", L.Scale(0.01), [(1, 2, 4, 4)]),
+        ("lrn", L.LRN(5, 1e-2, 0.75, 2.0), [(1, 7, 3, 3)]),
+        ("loss valid", L.SoftmaxLoss(), [(2, 4, 3, 3), "labels"]),
+        ("loss batch", L.SoftmaxLoss(normalize="batch", loss_weight=2.0),
+         [(2, 4, 3, 3), "labels"]),
+        ("loss none", L.SoftmaxLoss(normalize="none"), [(2, 4, 3, 3), "labels"]),
+    ]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is optional")
+@pytest.mark.parametrize("case", range(len(_twin_cases())), ids=[c[0] for c in _twin_cases()])
+def test_torch_twin_computes_what_the_layer_computes(case):
+    """Each twin against our layer's forward (numpy reference device, eval mode)."""
+    import numpy as np
+    import torch
+    _, layer, shapes = _twin_cases()[case]
+    rng = np.random.default_rng(case)
+    xs = []
+    for s in shapes:
+        if s == "labels":
+            lab = rng.integers(0, xs[0].shape[1], (xs[0].shape[0],) + xs[0].shape[2:])
+            lab[0, 0, :] = 255
+            xs.append(lab.astype(np.int32))
+        else:
+            xs.append(rng.standard_normal(s).astype(np.float32))
+    layer.to("numpy")
+    layer.training = False
+    ours = layer.forward(*xs)[0]
+    params = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in layer.params.items()}
+    tx = [torch.from_numpy(x.astype(np.int64) if x.dtype == np.int32 else x) for x in xs]
+    with torch.no_grad():
+        theirs = layer.torch_twin(torch)(tx, params, False, False).numpy()
+    assert np.shape(theirs) == np.shape(ours)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
