@@ -38,7 +38,7 @@ OPS = (
     "relu", "relu_backward",
     "dropout", "dropout_backward",
     "crop", "crop_backward",
-    "eltwise_sum", "scale",
+    "eltwise_sum", "scale", "concat", "concat_backward",
     "lrn", "lrn_backward",
     "softmax_cross_entropy",
     "sgd_update", "adam_update",

@@ -220,6 +220,17 @@ def scale(x, c):
     return x * x.dtype.type(c)
 
 
+def concat(xs):
+    """The inputs' channels one after the other (Caffe's Concat, axis 1)."""
+    return np.concatenate(xs, axis=1)
+
+
+def concat_backward(dout, channels):
+    """dout cut back into the inputs' channel ranges."""
+    bounds = np.cumsum([0] + list(channels))
+    return [np.ascontiguousarray(dout[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 # ----------------------------------------------------------------------------- lrn
 # Twins: the lrn sections of cpu/pointwise.py and cuda/pointwise.py.
 def _lrn_scale(x, size, alpha, k):

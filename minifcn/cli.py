@@ -1,4 +1,4 @@
-"""The `minifcn` command: train, eval, predict, rf, bench.
+"""The `minifcn` command: train, eval, predict, rf, convert, bench.
 
 Every verb checks its arguments and inputs before work starts; a bad argument, a missing
 file or a malformed dataset prints one line on stderr and exits non-zero, never a traceback.
@@ -57,8 +57,10 @@ def model_names():
 def build_model(name, num_classes, loss=True, **kw):
     """models.build, with an unknown name reported as a usage mistake."""
     from . import models
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
     try:
-        return models.build(name, num_classes=num_classes, loss=loss, **kw)
+        return models.build(name, loss=loss, **kw)
     except models.UnknownModel as e:
         raise UsageError(str(e)) from None
 
@@ -81,6 +83,15 @@ def _say(comm):
 
 def cmd_train(a):
     from . import distributed
+    if a.solver:                         # the reference's solve.py (minifcn.caffe.commands)
+        if a.comm is not None:
+            raise UsageError("minifcn train --solver does not split over ranks: run it without "
+                             "mpiexec, or train with minifcn's own flags under mpiexec")
+        from .caffe import commands
+        return commands.train(a)
+    if a.prototxt:
+        raise UsageError("minifcn train: --prototxt goes with --solver (the solver.prototxt)")
+    a.iters = a.iters or 1000
     comm = a.comm
     with distributed.agreed(comm):           # set-up: no collective in here
         trainer, net, val, num_classes = _train_setup(a, comm)
@@ -114,8 +125,8 @@ def _train_setup(a, comm):
             raise UsageError(f"--class-weights has {len(a.class_weights)} values for "
                              f"{num_classes} classes")
         net.layers["loss"].class_weights = np.asarray(a.class_weights)
-    if a.weights:
-        load_weights(net, a.weights)
+    for path in a.weights or []:
+        load_weights(net, path)
     if a.vgg16:
         from .weights import import_torchvision_vgg16, load_torch_state_dict
         report = import_torchvision_vgg16(net, load_torch_state_dict(a.vgg16))
@@ -146,7 +157,14 @@ def _metrics_line(s):
 
 def cmd_eval(a):
     from . import distributed, metrics, train, viz
+    from .scene_models import MODELS as SCENES
     comm = a.comm
+    if a.prototxt or a.model in SCENES:   # per-head scores (SIFT Flow: semantics + geometry)
+        if comm is not None:
+            raise UsageError("minifcn eval of a prototxt or a scene model does not split over "
+                             "ranks: run it without mpiexec")
+        from .caffe import commands
+        return commands.evaluate(a)
     with distributed.agreed(comm):
         if comm is not None and a.device == "cuda":
             distributed.select_gpu(comm)
@@ -178,6 +196,9 @@ def _predict_image(net, img):
 
 def cmd_predict(a):
     from PIL import Image, UnidentifiedImageError
+    if a.prototxt:
+        from .caffe import commands
+        return commands.predict(a)
 
     from . import viz
     for path in a.images:                    # check every input before any work
@@ -215,6 +236,20 @@ def cmd_rf(a):
     return 0
 
 
+def cmd_convert(a):
+    from .caffe import commands
+    return commands.convert(a)
+
+
+def _add_caffe(p, what):
+    p.add_argument("--prototxt", help=f"a Caffe {what} .prototxt instead of --model")
+    p.add_argument("--max-channels", type=int, default=None, metavar="N",
+                   help="cap every layer's width at N, geometry kept (a quick look)")
+    p.add_argument("--crops", choices=["check", "derive", "file"], default="check",
+                   help="a prototxt Crop whose offset differs from the derived one: refuse "
+                        "(check), use minifcn's (derive) or the file's (file)")
+
+
 def cmd_bench(a):
     from .bench import command
     return command.main(a)
@@ -232,7 +267,10 @@ def make_parser():
     _add_device(t)
     t.add_argument("--val-split", default="val", help="split to validate on ('' for none)")
     t.add_argument("--out", default="runs/train", help="output directory")
-    t.add_argument("--iters", type=int, default=1000)
+    t.add_argument("--iters", type=int, default=None, help="iterations (default 1000, or the "
+                   "solver's max_iter)")
+    t.add_argument("--solver", help="a Caffe solver.prototxt: train as the reference's solve.py")
+    _add_caffe(t, "train net (with --solver)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this much training")
     t.add_argument("--batch", type=int, default=1)
     t.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
@@ -252,7 +290,9 @@ def make_parser():
                    help="loss normalisation (default: the model's; the VGG FCNs use 'batch' "
                         "as the reference, which wants a tiny lr such as 1e-10)")
     t.add_argument("--class-weights", type=float, nargs="+", default=None)
-    t.add_argument("--weights", help="initial weights (.npz)")
+    t.add_argument("--weights", action="append", metavar="PATH[:SUFFIX]",
+                   help="initial weights (.npz, .caffemodel, .pth); with --solver transplanted "
+                        "as surgery.transplant (a suffix for NYUD's two trunks); repeatable")
     t.add_argument("--vgg16", help="torchvision VGG16 .pth to start from (the paper's recipe)")
     t.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint "
                    "(default: the one in --out)")
@@ -269,7 +309,9 @@ def make_parser():
     _add_model(e, required=False)
     _add_data(e, "val")
     _add_device(e)
-    e.add_argument("--weights", required=True, help="weights .npz or training checkpoint")
+    e.add_argument("--weights", required=True, help="weights (.npz, checkpoint, .caffemodel, "
+                   ".pth)")
+    _add_caffe(e, "val/test net (its data layer names the data; --data replaces the folder)")
     e.add_argument("--overlays", help="write image|truth|prediction PNGs here")
     e.add_argument("--n-overlays", type=int, default=8)
     e.set_defaults(fn=cmd_eval)
@@ -277,7 +319,11 @@ def make_parser():
     r = sub.add_parser("predict", help="segment images of any size")
     _add_model(r, required=False)
     _add_device(r)
-    r.add_argument("--weights", required=True)
+    r.add_argument("--weights", required=True, help="weights (.npz, checkpoint, .caffemodel, "
+                   ".pth)")
+    r.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"), default=None,
+                   help="mean to subtract (default VOC's, as the reference's infer.py)")
+    _add_caffe(r, "deploy net")
     r.add_argument("--out", default="predictions", help="output directory")
     r.add_argument("images", nargs="+", help="image files")
     r.set_defaults(fn=cmd_predict)
@@ -289,6 +335,17 @@ def make_parser():
     f.add_argument("--list", action="store_true", help="list the model names")
     f.set_defaults(fn=cmd_rf)
 
+    c = sub.add_parser("convert", help="weights of any kind (.caffemodel, .pth, .npz) into an "
+                       ".npz (or .caffemodel)")
+    c.add_argument("input")
+    c.add_argument("output", help="OUT.npz, or OUT.caffemodel to go back to Caffe")
+    c.add_argument("--model", help="the net the weights are for (see `minifcn rf --list`)")
+    c.add_argument("--num-classes", type=int, default=None)
+    c.add_argument("--partial", action="store_true", help="allow weights that fill only part "
+                   "of the net")
+    _add_caffe(c, "net")
+    c.set_defaults(fn=cmd_convert)
+
     from .bench import command
     b = sub.add_parser("bench", help="time kernels, layers and nets",
                        description="Time kernels, layers and nets side by side with references.")
@@ -299,7 +356,7 @@ def make_parser():
 
 def _check_ranges(a):
     for name in ("iters", "batch", "iter_size", "val_interval", "checkpoint_interval",
-                 "n_overlays", "num_classes", "synthetic_size"):
+                 "n_overlays", "num_classes", "synthetic_size", "max_channels"):
         v = getattr(a, name, None)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")

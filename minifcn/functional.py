@@ -271,6 +271,32 @@ def eltwise_sum_backward(dout, coeffs, *, device=None):
     return [scale(dout, c, device=device) for c in coeffs]
 
 
+def concat(xs, *, device=None):
+    """Caffe's Concat on the channel axis: arrays (N, C_i, H, W) of one N, H, W ->
+    (N, sum C_i, H, W), the inputs' channels one after the other."""
+    xs = list(xs)
+    if not xs:
+        raise ValueError("concat: needs at least one input")
+    _check_arrays("concat", **{f"xs[{i}]": x for i, x in enumerate(xs)})
+    for i, x in enumerate(xs):
+        _check_ndim("concat", f"xs[{i}]", x, 4)
+        if (x.shape[0],) + tuple(x.shape[2:]) != (xs[0].shape[0],) + tuple(xs[0].shape[2:]):
+            raise ValueError(f"concat: xs[{i}] has shape {tuple(x.shape)}, xs[0] "
+                             f"{tuple(xs[0].shape)}: only the channels may differ")
+    return get("concat", device)(xs)
+
+
+def concat_backward(dout, channels, *, device=None):
+    """The gradient of each concat input: dout's channels cut back into pieces of
+    `channels` (a list of C_i), each a new contiguous array."""
+    channels = [int(c) for c in channels]
+    _check_ndim("concat_backward", "dout", dout, 4)
+    if min(channels, default=0) < 1 or sum(channels) != dout.shape[1]:
+        raise ValueError(f"concat_backward: channels {channels} do not add up to dout's "
+                         f"{dout.shape[1]}")
+    return get("concat_backward", device)(dout, channels)
+
+
 def scale(x, c, *, device=None):
     """c * x for a constant c (FCN-8s at-once scales pool3/pool4 down before scoring them)."""
     _check_arrays("scale", x=x)

@@ -584,6 +584,43 @@ class Sum(Pointwise):
         return twin
 
 
+class Concat(Pointwise):
+    """Caffe's Concat on the channel axis: bottoms (N, C_i, H, W) of one size ->
+    (N, sum C_i, H, W). Stacking channels moves no coordinate: an identity map (NYUD's
+    early fusion stacks colour and depth this way)."""
+    n_bottoms = None
+
+    def out_shape(self, *shapes):
+        if any(s[1:] != shapes[0][1:] for s in shapes):
+            raise ShapeError("concatenates blobs of different sizes")
+        c = [s[0] for s in shapes]
+        return (None if None in c else sum(c),) + tuple(shapes[0][1:])
+
+    def _forward(self, *xs):
+        self.channels = [x.shape[1] for x in xs]
+        return F.concat(xs, device=self.device)
+
+    def _backward(self, dtops, need, accumulate):
+        parts = F.concat_backward(dtops[0], self.channels, device=self.device)
+        return tuple(p if nd else None for p, nd in zip(parts, need))
+
+    def torch_twin(self, torch):
+        return lambda xs, p, train, inplace: torch.cat(list(xs), 1)
+
+
+class Silence(Pointwise):
+    """Caffe's Silence: reads its bottoms and makes nothing (add it with tops=[]), so a blob
+    nobody uses is not a net output."""
+    n_bottoms = None
+
+    def _forward(self, *xs):
+        self.n = len(xs)
+        return ()
+
+    def _backward(self, dtops, need, accumulate):
+        return (None,) * self.n
+
+
 class Scale(Pointwise):
     """Multiply by a constant (FCN-8s at-once: pool4 x 0.01, pool3 x 0.0001)."""
     inplace_ok = True

@@ -494,3 +494,9 @@ def build(name, **kwargs):
     if name not in MODELS:
         raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
     return MODELS[name](**kwargs)
+
+
+# the paper's section-5 nets (SIFT Flow, NYUDv2, PASCAL-Context) live in their own module
+from .scene_models import MODELS as _SCENE_MODELS  # noqa: E402
+
+MODELS.update(_SCENE_MODELS)

@@ -266,6 +266,14 @@ def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None, check=
 
 
 # ----------------------------------------------------------------------------- the loop
+def total_loss(net):
+    """The sum of the loss layers' outputs of the last forward pass (a net may have several:
+    SIFT Flow's semantic and geometric heads)."""
+    return float(sum(float(net.blobs[net.tops[n][0]]) for n, layer in net.layers.items()
+                     if layer.is_loss))
+
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -367,8 +375,14 @@ class Trainer:
         self.net.train()
         losses = []
         for k in range(self.iter_size):
-            x, labels = self.loader.next_batch()
-            loss = self.net.forward(data=x, label=self._sample(labels))
+            batch = self.loader.next_batch()
+            if isinstance(batch, dict):    # named tops (minifcn.datasets): labels are ints
+                inputs = {t: self._sample(v) if v.dtype.kind in "iu" else v
+                          for t, v in batch.items()}
+            else:
+                inputs = {"data": batch[0], "label": self._sample(batch[1])}
+            self.net.forward(**inputs)
+            loss = total_loss(self.net)
             seeds = hook = None
             if self.comm is not None:        # this rank's share of the global batch's loss
                 seeds, loss = distributed.loss_share(self.net, self.comm,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["load_weights", "load_torch_state_dict", "UnsafePickleError", "torchvision_vgg16_names",
+__all__ = ["load_weights", "read_params", "weights_format", "load_torch_state_dict", "UnsafePickleError", "torchvision_vgg16_names",
            "import_torchvision_vgg16", "transplant", "TransplantReport"]
 
 
@@ -174,8 +174,11 @@ def load_torch_state_dict(path):
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a zip archive; only torch's zip format (torch >= 1.6) "
-                         f"is read (the legacy format is an arbitrary pickle stream)") from None
+        from .pth import is_legacy, load_legacy_state_dict
+        if is_legacy(path):                  # torch < 1.6: pickles back to back (minifcn.pth)
+            return load_legacy_state_dict(path)
+        raise ValueError(f"{path}: neither torch's zip format (torch >= 1.6) nor its legacy "
+                         f"one") from None
     with zf:
         pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:
@@ -337,15 +340,63 @@ def import_torchvision_vgg16(net, state_dict, input="caffe", mean_bgr=None):
     return report
 
 
-# ----------------------------------------------------------------------------- our own files
-def load_weights(net, path):
-    """Fill `net` from an .npz: plain weights (Net.save) or a training checkpoint."""
-    from .train import load_checkpoint
-    if not os.path.exists(path):
+# ----------------------------------------------------------------------------- any weights file
+def weights_format(path):
+    """'npz', 'pth' or 'caffemodel', from the file's first bytes (and name)."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        with zipfile.ZipFile(path) as zf:
+            return "pth" if any(n.endswith("data.pkl") for n in zf.namelist()) else "npz"
+    if len(head) >= 2 and head[0] == 0x80:
+        return "pth"                                  # a legacy torch file: pickles
+    return "caffemodel"                               # protobuf has no magic number
+
+
+def read_params(path):
+    """{"layer.param": array} from any weights file: an .npz (plain weights or a training
+    checkpoint), a .caffemodel (blob 0 -> weight, 1 -> bias) or a torch .pth (pytorch-fcn's or
+    torchvision's names mapped onto minifcn's)."""
+    kind = weights_format(path)
+    if kind == "caffemodel":
+        from .caffe.caffemodel import read_blobs
+        return OrderedDict((f"{name}.{p}", b) for name, _, blobs in read_blobs(path)
+                           for p, b in zip(("weight", "bias"), blobs))
+    if kind == "pth":
+        from .pth import fcn_state_dict
+        return fcn_state_dict(load_torch_state_dict(path))
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    if "info" in arrays:
+        return OrderedDict((k[6:], v) for k, v in arrays.items() if k.startswith("param/"))
+    return OrderedDict(arrays)
+
+
+def load_weights(net, path, strict=True):
+    """The one door for --weights: fill `net` from an .npz (Net.save, or a training
+    checkpoint), a .caffemodel (minifcn.caffe.read_weights) or a .pth (pytorch-fcn's
+    fcn8s_from_caffe.pth & co., legacy or zip; torchvision's VGG16 names mapped), told apart
+    by their content. strict=True refuses a file that leaves a parameter of the net without a
+    value (or, for .npz and .pth, one of another size); strict=False fills what matches, as
+    the reference's transplant. Returns the report."""
+    kind = weights_format(path)
+    if kind == "caffemodel":
+        from .caffe.caffemodel import read_weights
+        return read_weights(net, path, strict=strict)
+    if kind == "pth":
+        from .pth import fcn_state_dict
+        report = transplant(net, fcn_state_dict(load_torch_state_dict(path)))
+        if strict and report.unmatched:
+            raise ValueError(f"{path} does not fit this net: "
+                             + ", ".join(f"{k} ({why})" for k, why in report.unmatched[:6]))
+        return report
+    from .train import load_checkpoint
     with np.load(path, allow_pickle=False) as f:
         is_checkpoint = "info" in f.files
     if is_checkpoint:
-        load_checkpoint(path, net)
-    else:
-        net.load(path)
+        return load_checkpoint(path, net)
+    if strict:
+        return net.load(path)
+    return transplant(net, read_params(path))

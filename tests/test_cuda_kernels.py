@@ -357,6 +357,17 @@ def test_crop(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_concat(rng, dtype):
+    """NYUD's early fusion: colour and depth stacked on the channel axis, and back."""
+    xs = [randn(rng, (2, c, 3, 4), dtype) for c in (3, 1, 2)]
+    y = R.concat(xs)
+    close(K.concat(xs), y, dtype)
+    dout = randn(rng, y.shape, dtype)
+    for got, want in zip(K.concat_backward(dout, [3, 1, 2]), R.concat_backward(dout, [3, 1, 2])):
+        close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_eltwise_sum_and_scale(rng, dtype):
     xs = [randn(rng, (2, 3, 4, 5), dtype) for _ in range(3)]
     for n, coeffs in ((1, [2.0]), (2, [1.0, -0.5]), (3, [0.5, 1.0, 3.0])):

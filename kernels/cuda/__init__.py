@@ -36,7 +36,8 @@ from .arrays import accumulate, add, asarray, zeros_like  # noqa: F401
 from .conv import (conv2d, conv2d_backward, conv_transpose2d,  # noqa: F401
                    conv_transpose2d_backward)
 from .loss import softmax_cross_entropy  # noqa: F401
-from .pointwise import (crop, crop_backward, dropout, dropout_backward,  # noqa: F401
+from .pointwise import (concat, concat_backward, crop, crop_backward,  # noqa: F401
+                        dropout, dropout_backward,
                         eltwise_sum, lrn, lrn_backward, relu, relu_backward, scale)
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d,  # noqa: F401
                    max_pool2d_backward)
@@ -51,6 +52,7 @@ __all__ = ["SIM", "cuda", "empty", "fill", "fill_channels", "flat", "is_device_a
            "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
            "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
            "relu", "relu_backward", "dropout", "dropout_backward", "crop", "crop_backward",
-           "eltwise_sum", "scale", "lrn", "lrn_backward", "softmax_cross_entropy",
+           "eltwise_sum", "scale", "concat", "concat_backward", "lrn", "lrn_backward",
+           "softmax_cross_entropy",
            "sgd_update", "adam_update", "asarray", "zeros_like", "add", "accumulate",
            "argmax", "confusion_update"]

@@ -1,4 +1,4 @@
-"""Pointwise ops on CUDA (relu, dropout, crop, the eltwise sums, scale) and AlexNet's local
+"""Pointwise ops on CUDA (relu, dropout, crop, the eltwise sums, scale, concat) and AlexNet's local
 response normalisation, which works pixel by pixel across the channels. Twins:
 kernels/reference.py, sections "pointwise" and "lrn"; the CPU's version: cpu/pointwise.py.
 """
@@ -146,6 +146,47 @@ def crop_backward(dout, x_shape, offset):
     dx = empty(x_shape, dout.dtype)
     _uncrop_kernel[launch(dx.size)](dout, offset[0], offset[1], dx)
     return dx
+
+
+@cuda.jit
+def _channels_kernel(src, c0, dst, into):
+    """Copy between src (N, Cs, H, W) and channels c0 .. c0 + Cs of dst (N, Cd, H, W): into
+    dst when `into` (concat), out of it into src otherwise (its backward)."""
+    N, Cs, H, W = src.shape
+    Cd = dst.shape[1]
+    for t in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+        w = t % W
+        h = (t // W) % H
+        c = (t // (H * W)) % Cs
+        n = t // (Cs * H * W)
+        if into:
+            dst[n, c0 + c, h, w] = src[n, c, h, w]
+        else:
+            src[n, c, h, w] = dst[n, c0 + c, h, w]
+
+
+def concat(xs):
+    """The inputs' channels one after the other, one copy kernel per input."""
+    xs = on_device(*xs)
+    N, _, H, W = xs[0].shape
+    y = empty((N, sum(x.shape[1] for x in xs), H, W), xs[0].dtype)
+    c0 = 0
+    for x in xs:
+        _channels_kernel[launch(x.size)](x, c0, y, True)
+        c0 += x.shape[1]
+    return y
+
+
+def concat_backward(dout, channels):
+    (dout,) = on_device(dout)
+    N, _, H, W = dout.shape
+    out, c0 = [], 0
+    for c in channels:
+        dx = empty((N, c, H, W), dout.dtype)
+        _channels_kernel[launch(dx.size)](dx, c0, dout, False)
+        out.append(dx)
+        c0 += c
+    return out
 
 
 @cuda.jit
