@@ -16,6 +16,9 @@ What is measured (each a section of sections.SECTIONS, --sections picks some):
   patches   the paper's section 3.1: an AlexNet classifier on each 227x227 patch of a 500x500
             image (a 10x10 grid) vs its convolutionalized FCN on the whole image
   tiny      the demo's training step: fcn8s_tiny, batch 8, 64x64
+  allreduce data-parallel training (mpiexec -n 2, the mpich wheel): Allreduce bandwidth of
+            our gradient buckets vs mpi4py's one buffer; fcn8s_tiny and FCN-8s steps on 1 and
+            2 ranks, with and without overlap (each alone, in fresh processes)
 
 Implementations side by side: our devices ("cpu" Numba, "numpy" the reference, "cuda"), and
 PyTorch ("torch") when it is installed. PyTorch always runs in a separate process, so that
@@ -39,6 +42,7 @@ The files, in reading order:
   ops.py         convs, pools, deconvs, loss: ours and PyTorch's, side by side
   nets.py        fcn, tiny, patches: our nets and their PyTorch twins
   memory.py      peak memory of a training step, each side in a fresh process
+  allreduce.py   data parallel: Allreduce bandwidth and steps on 1 and 2 MPI ranks
   torch_side.py  TorchNet (a Net walked with each layer's torch_twin) and its check
   workers.py     PyTorch's process and the one-shot worker processes
   report.py      markdown tables, `caffe time` per-layer tables, targets
