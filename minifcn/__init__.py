@@ -24,6 +24,8 @@ if _util.find_spec(__name__ + ".kernels") is None:
     _spec.loader.exec_module(kernels)
 
 from . import functional  # noqa: E402
+# models first: it registers the section-5 nets of scene_models, which imports it back
+from . import models  # noqa: E402,F401
 from .coordmap import coord_map, receptive_field, rf_table  # noqa: E402
 from .kernels import DEVICES, DeviceUnavailable, device, get_device, set_device  # noqa: E402
 

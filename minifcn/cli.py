@@ -156,8 +156,8 @@ def _metrics_line(s):
 
 
 def cmd_eval(a):
-    from . import distributed, metrics, models, train, viz  # noqa: F401 -- models before
-    from .scene_models import MODELS as SCENES   # scene_models: they import each other
+    from . import distributed, metrics, train, viz
+    from .scene_models import MODELS as SCENES
     comm = a.comm
     if a.prototxt or a.model in SCENES:   # per-head scores (SIFT Flow: semantics + geometry)
         if comm is not None:

@@ -143,3 +143,24 @@ def test_models_build_is_the_one_way_by_name(name):
     assert net.outputs == ["score"]
     with pytest.raises(models.UnknownModel, match="unknown model 'fcn9s'.*fcn8s"):
         models.build("fcn9s")
+
+
+def test_every_module_imports_on_its_own():
+    """Each module imported first, in a clean state (catches import cycles such as a registry
+    importing the module that imports it back)."""
+    names = sorted("minifcn." + ".".join(p.relative_to(ROOT / "minifcn").with_suffix("").parts)
+                   for p in (ROOT / "minifcn").rglob("*.py") if "__pycache__" not in p.parts)
+    names = [n.removesuffix(".__init__") for n in names if not n.endswith("__main__")]
+    code = ("import importlib, sys\nbad = []\n"
+            "for name in %r:\n"
+            "    for m in [m for m in sys.modules if m == 'minifcn' or m.startswith('minifcn.')]:\n"
+            "        del sys.modules[m]\n"
+            "    try:\n"
+            "        importlib.import_module(name)\n"
+            "    except Exception as e:\n"
+            "        bad.append(f'{name}: {type(e).__name__}: {e}')\n"
+            "print('\\n'.join(bad))\n") % names
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", out.stdout
