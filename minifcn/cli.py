@@ -99,10 +99,12 @@ def cmd_train(a):
     status = trainer.run(a.iters, max_seconds=None if a.minutes is None else a.minutes * 60)
     say(f"training {status} at iteration {trainer.solver.iter}; checkpoint "
         f"{trainer.checkpoint_path}" + (f" ({comm.size} ranks)" if comm else ""))
-    if val is not None:
-        from .train import evaluate
-        with distributed.abort_on_error(comm, "in the final evaluation"):
-            scores = evaluate(net, val, num_classes, comm=comm)
+    if val is not None:                  # the run's own last validation, if it is of now
+        done, scores = trainer.last_val or (None, None)
+        if done != trainer.solver.iter:
+            from .train import evaluate
+            with distributed.abort_on_error(comm, "in the final evaluation"):
+                scores = evaluate(net, val, num_classes, comm=comm)
         say(_metrics_line(scores))
     return EXIT_INTERRUPTED if status == "interrupted" else 0
 
@@ -118,7 +120,7 @@ def _train_setup(a, comm):
               if a.val_split else (None, None))
     if a.crop is None and a.batch > 1 and a.data != "synthetic":
         raise UsageError("--batch > 1 needs images of one size: give --crop H W (or --batch 1)")
-    net = build_model(a.model, num_classes, loss=True,
+    net = build_model(a.model, num_classes, loss=True, seed=a.seed,    # --seed: weights too
                       **({"normalize": a.normalize} if a.normalize else {}))
     if a.class_weights is not None:
         if len(a.class_weights) != num_classes:
@@ -168,6 +170,8 @@ def cmd_eval(a):
     with distributed.agreed(comm):
         if comm is not None and a.device == "cuda":
             distributed.select_gpu(comm)
+        _check_writable(a.json, "--json")    # before the evaluation, not after it
+        _check_writable(a.plots and os.path.join(a.plots, "confusion.png"), "--plots")
         dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd,
                                             a.synthetic_size)
         net = build_model(a.model, num_classes, loss=True)
@@ -178,14 +182,38 @@ def cmd_eval(a):
     if comm is not None and comm.rank != 0:
         return 0
     names = getattr(dataset, "class_names", None)
+    if names is not None and len(names) != num_classes:
+        names = None
     print(metrics.format_table(scores, names))
+    if a.json:
+        metrics.save_json(a.json, scores, names)
+        print(f"scores in {a.json}")
+    if a.plots:
+        hist = scores["confusion"].hist
+        viz.save_confusion(hist, os.path.join(a.plots, "confusion.png"), names)
+        viz.save_class_iu(scores["per_class_iu"], os.path.join(a.plots, "per_class_iu.png"),
+                          names)
+        print(f"confusion.png and per_class_iu.png in {a.plots}")
     if a.overlays:
         for i in range(min(a.n_overlays, len(dataset))):
             img, label = dataset[i]
             pred = _predict_image(net, img)
-            viz.save_overlay(img, pred, os.path.join(a.overlays, f"{i:04d}.png"), truth=label)
+            viz.save_overlay(img, pred, os.path.join(a.overlays, f"{i:04d}.png"), truth=label,
+                             class_names=names)
         print(f"overlays (image | truth | prediction) in {a.overlays}")
     return 0
+
+
+def _check_writable(path, flag):
+    """A file we will write later: refuse now, naming the flag, if it cannot be written."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):        # atomic_write makes missing folders
+        folder = os.path.dirname(folder)
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag}: cannot write {path}: " + ("it is a directory" if os.path.isdir(path)
+                         else f"{folder} is not a writable directory"))
 
 
 def _predict_image(net, img):
@@ -314,6 +342,10 @@ def make_parser():
     _add_caffe(e, "val/test net (its data layer names the data; --data replaces the folder)")
     e.add_argument("--overlays", help="write image|truth|prediction PNGs here")
     e.add_argument("--n-overlays", type=int, default=8)
+    e.add_argument("--json", metavar="PATH", help="write the four metrics, per-class IU and "
+                   "the confusion matrix to this JSON file")
+    e.add_argument("--plots", metavar="DIR", help="write confusion.png and per_class_iu.png "
+                   "here")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("predict", help="segment images of any size")
