@@ -80,7 +80,7 @@ def test_eval_json_and_plots(trained, tmp_path, capsys):
     _png(plots / "per_class_iu.png")
 
 
-def test_eval_json_path_checked_before_evaluating(trained, tmp_path, capsys, monkeypatch):
+def test_eval_json_and_plots_paths_checked_before_evaluating(trained, tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(1))
     blocker = tmp_path / "a_file"
@@ -91,7 +91,7 @@ def test_eval_json_path_checked_before_evaluating(trained, tmp_path, capsys, mon
                          str(trained / "checkpoint.npz"), "--synthetic-size", "8", flag,
                          str(path)])
         err = capsys.readouterr().err
-        assert code == 1 and flag in err and str(path) in err and "Traceback" not in err
+        assert code == 2 and flag in err and str(path) in err and "Traceback" not in err
     assert calls == []                                  # refused before any evaluation
 
 
