@@ -395,6 +395,9 @@ def main(argv=None):
     say = (lambda msg: print(msg, file=sys.stderr)) if speak else (lambda msg: None)
     try:
         a = make_parser().parse_args(argv)
+        if argv is None and a.fn is cmd_bench:    # the command line: bench with a clean BLAS
+            from .bench.timing import restart_without_blas_env
+            restart_without_blas_env()
         _check_ranges(a)
         a.comm = _world(a)
         return a.fn(a)
