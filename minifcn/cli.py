@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def _train_setup(a, comm):
     net.to(a.device)
     if a.data == "synthetic":                # generated on the fly: hold it in memory
         dataset = [dataset[i] for i in range(len(dataset))]
-    loader = data.Loader(dataset, batch_size=a.batch, seed=a.seed,
+    loader = data.Loader(dataset, batch_size=a.batch, seed=a.seed, workers=a.workers,
                          crop=tuple(a.crop) if a.crop else None, mirror=a.mirror)
     solver = train.make_solver(net, a.optimizer, lr=a.lr, momentum=a.momentum,
                                weight_decay=a.weight_decay, policy=a.lr_policy, gamma=a.gamma,
@@ -208,20 +209,49 @@ def cmd_predict(a):
     load_weights(net, a.weights)
     net.to(a.device)
     os.makedirs(a.out, exist_ok=True)
-    for path in a.images:
+    t0, done = time.perf_counter(), 0
+    for paths, imgs in _same_size_batches(a.images, a.batch, Image, UnidentifiedImageError):
+        preds = _predict_batch(net, imgs)               # images of one size: one forward
+        for path, img, pred in zip(paths, imgs, preds):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            viz.save_mask(pred, os.path.join(a.out, f"{stem}.png"))
+            viz.save_overlay(img, pred, os.path.join(a.out, f"{stem}_overlay.png"))
+            counts = np.bincount(pred.ravel(), minlength=a.num_classes)
+            print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {a.out}/{stem}.png; pixels per "
+                  f"class {counts.tolist()}")
+        done += len(paths)
+    dt = time.perf_counter() - t0
+    print(f"{done} images in {dt:.2f} s: {done / dt:.2f} images/s (batches of up to {a.batch} "
+          f"images of one size)")
+    return 0
+
+
+def _same_size_batches(paths, batch, Image, UnidentifiedImageError):
+    """(paths, RGB arrays) in batches of up to `batch` images of one size, in input order
+    within each size; each image is decoded when its batch is due, so memory holds one batch."""
+    sizes = {}
+    for path in paths:                         # the headers only: sizes without decoding
         try:
             with Image.open(path) as im:
-                img = np.asarray(im.convert("RGB"))
+                sizes.setdefault(im.size, []).append(path)
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"cannot read image {path}: {e}") from None
-        pred = _predict_image(net, img)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        viz.save_mask(pred, os.path.join(a.out, f"{stem}.png"))
-        viz.save_overlay(img, pred, os.path.join(a.out, f"{stem}_overlay.png"))
-        counts = np.bincount(pred.ravel(), minlength=a.num_classes)
-        print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {a.out}/{stem}.png; pixels per class "
-              f"{counts.tolist()}")
-    return 0
+    for group in sizes.values():
+        for i in range(0, len(group), batch):
+            imgs = []
+            for path in group[i:i + batch]:
+                try:
+                    with Image.open(path) as im:
+                        imgs.append(np.asarray(im.convert("RGB")))
+                except (UnidentifiedImageError, OSError) as e:
+                    raise ValueError(f"cannot read image {path}: {e}") from None
+            yield group[i:i + batch], imgs
+
+
+def _predict_batch(net, imgs):
+    from .data import preprocess
+    from .train import predict
+    return predict(net, np.stack([preprocess(img) for img in imgs]))
 
 
 def cmd_rf(a):
@@ -267,6 +297,8 @@ def make_parser():
     _add_device(t)
     t.add_argument("--val-split", default="val", help="split to validate on ('' for none)")
     t.add_argument("--out", default="runs/train", help="output directory")
+    t.add_argument("--workers", type=int, default=0, help="threads decoding the next batches "
+                   "while the net trains (default 0: none)")
     t.add_argument("--iters", type=int, default=None, help="iterations (default 1000, or the "
                    "solver's max_iter)")
     t.add_argument("--solver", help="a Caffe solver.prototxt: train as the reference's solve.py")
@@ -325,6 +357,8 @@ def make_parser():
                    help="mean to subtract (default VOC's, as the reference's infer.py)")
     _add_caffe(r, "deploy net")
     r.add_argument("--out", default="predictions", help="output directory")
+    r.add_argument("--batch", type=int, default=4, help="images of one size run together, "
+                   "up to this many (default 4)")
     r.add_argument("images", nargs="+", help="image files")
     r.set_defaults(fn=cmd_predict)
 
@@ -362,6 +396,10 @@ def _check_ranges(a):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if getattr(a, "num_classes", None) is None and getattr(a, "verb", "") == "predict":
         a.num_classes = 5
+    if getattr(a, "workers", 0) < 0:
+        raise UsageError(f"--workers must be >= 0, got {a.workers}")
+    if getattr(a, "verb", "") == "predict" and a.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {a.batch}")
     for name in ("lr", "minutes", "bucket_mb"):
         v = getattr(a, name, None)
         if v is not None and v <= 0:
