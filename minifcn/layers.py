@@ -113,8 +113,7 @@ class Layer:
         out = self._backward(dtops, need, accumulate)
         return out if isinstance(out, tuple) else (out,)
 
-    def release(self):
-        """Forget what forward saved for backward (a Net calls this once backward is past)."""
+    def release(self):       # a Net calls this once its backward is past this layer
         self.__dict__.update(dict.fromkeys(self.saved))
 
     def __repr__(self):

@@ -148,10 +148,9 @@ class Net:
         it). accumulate=True adds parameter gradients to those already held (iter_size).
         hook(layer_name) is called once a layer's gradients are made (data-parallel training
         starts summing them over ranks then, while backward goes on).
-        Memory: once backward has passed a layer, no later step needs what it saved for its
-        backward (layer.release()) nor the blobs it made, so both are dropped as it goes (a
-        500x500 FCN-8s step peaks lower). The net's inputs and outputs stay; keep=True keeps
-        every blob (and a second backward possible), keep=[names] those blobs.
+        Memory: what each layer saved (layer.release()) and the blobs no earlier layer reads
+        are dropped as backward passes them; inputs and outputs stay. keep=True keeps it all
+        (a second backward possible), keep=[names] those blobs.
         Returns the gradient of the float inputs: one array, or a dict when there are several.
         """
         diffs = {}
@@ -166,8 +165,7 @@ class Net:
             raise ValueError(f"{self.name}: nothing to backpropagate: the net has no loss layer, "
                              f"so pass grads={{blob: dout}} for its outputs {self.outputs}")
         need = self._needs_grad(input_grads)
-        kept = set(self.blobs) if keep is True else set(keep or ()) | set(self.inputs) | set(
-            self.outputs)
+        kept = set(self.blobs if keep is True else keep or ()) | set(self.inputs + self.outputs)
         for name in reversed(self.layers):
             layer = self.layers[name]
             self._backward_layer(name, layer, diffs, need, accumulate, hook)
