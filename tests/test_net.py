@@ -251,3 +251,5 @@ def test_backward_drops_blobs_and_saved_state_with_the_gradients_unchanged(rng):
             np.testing.assert_array_equal(net.grads()[k], g, err_msg=k)
         for b in want:
             np.testing.assert_array_equal(net.blobs[b], full.blobs[b])
+        with pytest.raises(ValueError, match="second backward needs forward again"):
+            net.backward()
