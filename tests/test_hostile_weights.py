@@ -221,3 +221,11 @@ def test_a_good_checkpoint_describes_itself(good):
     net = models.build("fcn8s_tiny", num_classes=5, loss=False)
     net.save(plain)
     assert train.describe(plain) == {}
+
+
+@pytest.mark.parametrize("kind", ["pth", "empty", "text"])
+def test_train_vgg16_refuses_a_bad_torch_file(kind, bad_files, tmp_path, capsys):
+    path, words = bad_files[kind]
+    argv = ["train", "--model", "fcn32s_tiny", "--synthetic-size", "4", "--iters", "1",
+            "--no-progress", "--out", str(tmp_path / "out"), "--vgg16", str(path)]
+    _refused(argv, path, words if kind != "text" else ["torch"], tmp_path / "out", capsys)
