@@ -131,7 +131,7 @@ def max_pool2d(x, kernel, stride, pad, ceil_mode):
     for oh, (h0, h1, _) in enumerate(rows):
         for ow, (w0, w1, _) in enumerate(cols):
             win = x[:, :, h0:h1, w0:w1].reshape(N, C, -1)
-            a = win.argmax(axis=-1)                  # first maximum wins ties, as in Caffe
+            a = win.argmax(axis=-1)                  # first maximum wins ties; a NaN wins
             y[:, :, oh, ow] = np.take_along_axis(win, a[..., None], -1)[..., 0]
             argmax[:, :, oh, ow] = (h0 + a // (w1 - w0)) * W + w0 + a % (w1 - w0)
     return y, argmax

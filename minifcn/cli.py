@@ -10,10 +10,13 @@ any rank stops them all with one line from rank 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 import numpy as np
+
+from . import cliargs as T
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -24,7 +27,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):             # one line, not argparse's usage block
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -32,7 +35,7 @@ def _add_model(p, required=True, default="the checkpoint's"):
     # default None: eval and predict take what the checkpoint says (minifcn.inference.resolve)
     p.add_argument("--model", default=None, required=required,
                    help=f"model name (see `minifcn rf --list`; default {default})")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=T.num_classes, default=None,
                    help="number of classes incl. background (default: the checkpoint's, "
                         "else the dataset's)")
 
@@ -47,7 +50,7 @@ def _add_data(p, split_default):
                    help="'synthetic' (built in) or a directory in the PASCAL VOC layout")
     p.add_argument("--split", default=split_default, help="split file name in ImageSets/Segmentation")
     p.add_argument("--sbd", action="store_true", help="the directory is in SBD's layout (cls/*.mat)")
-    p.add_argument("--synthetic-size", type=int, default=None, metavar="N",
+    p.add_argument("--synthetic-size", type=T.positive_int, default=None, metavar="N",
                    help="number of synthetic images (default 400 train / 100 val)")
 
 
@@ -84,19 +87,29 @@ def _say(comm):
 
 
 def cmd_train(a):
-    from . import distributed
+    from .runlock import RunLock
     if a.solver:                         # the reference's solve.py (minifcn.caffe.commands)
         if a.comm is not None:
-            raise UsageError("minifcn train --solver does not split over ranks: run it without "
-                             "mpiexec, or train with minifcn's own flags under mpiexec")
+            raise UsageError("--solver does not split over ranks: run it without mpiexec, "
+                             "or train with minifcn's own flags under mpiexec")
         from .caffe import commands
-        return commands.train(a)
+        with RunLock(a.out):
+            return commands.train(a)
     if a.prototxt:
-        raise UsageError("minifcn train: --prototxt goes with --solver (the solver.prototxt)")
+        raise UsageError("--prototxt goes with --solver (the solver.prototxt)")
+    with contextlib.ExitStack() as held:     # --out/train.lock, held by rank 0 till the end
+        return _train(a, held)
+
+
+def _train(a, held):
+    from . import distributed
+    from .runlock import RunLock
     a.iters = a.iters or 1000
     a.model = a.model or "fcn8s_tiny"
     comm = a.comm
     with distributed.agreed(comm):           # set-up: no collective in here
+        if comm is None or comm.rank == 0:
+            held.enter_context(RunLock(a.out))
         trainer, net, val, num_classes = _train_setup(a, comm)
     say = _say(comm)
     status = trainer.run(a.iters, max_seconds=None if a.minutes is None else a.minutes * 60)
@@ -124,9 +137,9 @@ def _train_setup(a, comm):
     net = build_model(a.model, num_classes, loss=True,
                       **({"normalize": a.normalize} if a.normalize else {}))
     if a.class_weights is not None:
-        if len(a.class_weights) != num_classes:
-            raise UsageError(f"--class-weights has {len(a.class_weights)} values for "
-                             f"{num_classes} classes")
+        problem = T.check_class_weights(a.class_weights, num_classes)
+        if problem:
+            raise UsageError(problem)
         net.layers["loss"].class_weights = np.asarray(a.class_weights)
     for path in a.weights or []:
         load_weights(net, path)
@@ -172,7 +185,7 @@ def _resolve(a):
         a.weights, a.model, a.num_classes, getattr(a, "mean", None),
         {"model": "--model", "num_classes": "--num-classes"})
     if a.model is None:
-        raise UsageError(f"minifcn {a.verb}: {a.weights} does not say which model it holds: "
+        raise UsageError(f"{a.weights} does not say which model it holds: "
                          f"give --model (see `minifcn rf --list`)")
 
 
@@ -187,7 +200,7 @@ def cmd_eval(a):
     comm = a.comm
     if a.prototxt or a.model in SCENES:   # per-head scores (SIFT Flow: semantics + geometry)
         if comm is not None:
-            raise UsageError("minifcn eval of a prototxt or a scene model does not split over "
+            raise UsageError("eval of a prototxt or a scene model does not split over "
                              "ranks: run it without mpiexec")
         from .caffe import commands
         return commands.evaluate(a)
@@ -231,7 +244,7 @@ def cmd_predict(a):
     check_out_dir(a.out)
     _resolve(a)
     if a.num_classes is None:
-        raise UsageError(f"minifcn predict: {a.weights} does not say how many classes its "
+        raise UsageError(f"{a.weights} does not say how many classes its "
                          f"model has: give --num-classes")
     net = build_model(a.model, a.num_classes, loss=False)
     load_weights(net, a.weights)
@@ -246,7 +259,7 @@ def cmd_rf(a):
         print("\n".join(model_names()))
         return 0
     if not a.model:
-        raise UsageError("minifcn rf: give a model name (or --list)")
+        raise UsageError("give a model name (or --list)")
     net = build_model(a.model, a.num_classes or 21, loss=False, materialize=False)
     print(rf_table(net, tuple(a.size)))
     return 0
@@ -259,7 +272,7 @@ def cmd_convert(a):
 
 def _add_caffe(p, what):
     p.add_argument("--prototxt", help=f"a Caffe {what} .prototxt instead of --model")
-    p.add_argument("--max-channels", type=int, default=None, metavar="N",
+    p.add_argument("--max-channels", type=T.positive_int, default=None, metavar="N",
                    help="cap every layer's width at N, geometry kept (a quick look)")
     p.add_argument("--crops", choices=["check", "derive", "file"], default="check",
                    help="a prototxt Crop whose offset differs from the derived one: refuse "
@@ -282,43 +295,59 @@ def make_parser():
     _add_data(t, "train")
     _add_device(t)
     t.add_argument("--val-split", default="val", help="split to validate on ('' for none)")
-    t.add_argument("--out", default="runs/train", help="output directory")
-    t.add_argument("--iters", type=int, default=None, help="iterations (default 1000, or the "
-                   "solver's max_iter)")
+    t.add_argument("--out", type=T.out_dir, default="runs/train", help="output directory "
+                   "(one run at a time: it holds --out/train.lock while it trains)")
+    t.add_argument("--iters", type=T.positive_int, default=None, help="iterations (default "
+                   "1000, or the solver's max_iter)")
     t.add_argument("--solver", help="a Caffe solver.prototxt: train as the reference's solve.py")
     _add_caffe(t, "train net (with --solver)")
-    t.add_argument("--minutes", type=float, default=None, help="stop after this much training")
-    t.add_argument("--batch", type=int, default=1)
-    t.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
-    t.add_argument("--mirror", action="store_true")
-    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--lr-policy", choices=["fixed", "step", "poly"], default="fixed")
-    t.add_argument("--gamma", type=float, default=0.1)
-    t.add_argument("--stepsize", type=int, default=None)
-    t.add_argument("--power", type=float, default=0.9)
-    t.add_argument("--iter-size", type=int, default=1, help="batches per update (accumulated)")
-    t.add_argument("--loss-sample", type=float, default=None, metavar="P",
+    t.add_argument("--minutes", type=T.positive_float, default=None,
+                   help="stop after this much training")
+    t.add_argument("--batch", type=T.positive_int, default=1, help="images per batch")
+    t.add_argument("--crop", type=T.positive_int, nargs=2, metavar=("H", "W"),
+                   help="train on random H x W crops (needed for --batch > 1 on real data)")
+    t.add_argument("--mirror", action="store_true", help="mirror images at random")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                   help="sgd (with momentum, as the paper) or adam")
+    t.add_argument("--lr", type=T.positive_float, default=1e-3, help="base learning rate")
+    t.add_argument("--momentum", type=T.unit_interval, default=0.9,
+                   help="SGD momentum in [0, 1) (Adam's beta1)")
+    t.add_argument("--weight-decay", type=T.nonneg_float, default=5e-4,
+                   help="L2 weight decay (scaled by each parameter's decay_mult)")
+    t.add_argument("--lr-policy", choices=["fixed", "step", "poly"], default="fixed",
+                   help="Caffe's lr policy: fixed, step (x gamma every stepsize) or poly")
+    t.add_argument("--gamma", type=T.positive_float, default=0.1,
+                   help="step policy: the factor applied every --stepsize iterations")
+    t.add_argument("--stepsize", type=T.positive_int, default=None,
+                   help="step policy: iterations between lr steps")
+    t.add_argument("--power", type=T.positive_float, default=0.9,
+                   help="poly policy: lr = base_lr (1 - iter/max_iter)^power")
+    t.add_argument("--iter-size", type=T.positive_int, default=1,
+                   help="batches per update (accumulated)")
+    t.add_argument("--loss-sample", type=T.probability, default=None, metavar="P",
                    help="keep each pixel's loss term with probability P (paper 3.4)")
     t.add_argument("--normalize", choices=["valid", "batch", "none"], default=None,
                    help="loss normalisation (default: the model's; the VGG FCNs use 'batch' "
                         "as the reference, which wants a tiny lr such as 1e-10)")
-    t.add_argument("--class-weights", type=float, nargs="+", default=None)
+    t.add_argument("--class-weights", type=T.nonneg_float, nargs="+", default=None,
+                   metavar="W", help="a loss weight per class (one per class, >= 0, not all "
+                   "zero)")
     t.add_argument("--weights", action="append", metavar="PATH[:SUFFIX]",
                    help="initial weights (.npz, .caffemodel, .pth); with --solver transplanted "
                         "as surgery.transplant (a suffix for NYUD's two trunks); repeatable")
     t.add_argument("--vgg16", help="torchvision VGG16 .pth to start from (the paper's recipe)")
     t.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint "
                    "(default: the one in --out)")
-    t.add_argument("--val-interval", type=int, default=200)
-    t.add_argument("--checkpoint-interval", type=int, default=200)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--bucket-mb", type=float, default=25.0, metavar="MB",
+    t.add_argument("--val-interval", type=T.positive_int, default=200,
+                   help="validate every N iterations")
+    t.add_argument("--checkpoint-interval", type=T.positive_int, default=200,
+                   help="save a checkpoint every N iterations")
+    t.add_argument("--seed", type=T.seed, default=0,
+                   help="seed of the data order, crops and weight initialisation")
+    t.add_argument("--bucket-mb", type=T.positive_float, default=25.0, metavar="MB",
                    help="under mpiexec: gradients are summed over ranks in buckets of about "
                         "this size, each as soon as backward has made it (default 25)")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="score a model on a dataset split (the paper's 4 metrics)")
@@ -328,8 +357,9 @@ def make_parser():
     e.add_argument("--weights", required=True, help="weights (.npz, checkpoint, .caffemodel, "
                    ".pth)")
     _add_caffe(e, "val/test net (its data layer names the data; --data replaces the folder)")
-    e.add_argument("--overlays", help="write image|truth|prediction PNGs here")
-    e.add_argument("--n-overlays", type=int, default=8)
+    e.add_argument("--overlays", type=T.out_dir, help="write image|truth|prediction PNGs here")
+    e.add_argument("--n-overlays", type=T.positive_int, default=8,
+                   help="how many overlays --overlays gets (default 8)")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("predict", help="segment images of any size")
@@ -337,28 +367,33 @@ def make_parser():
     _add_device(r)
     r.add_argument("--weights", required=True, help="weights (.npz, checkpoint, .caffemodel, "
                    ".pth)")
-    r.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"), default=None,
+    r.add_argument("--mean", type=T.finite_float, nargs=3, metavar=("B", "G", "R"),
+                   default=None,
                    help="mean to subtract (default: the checkpoint's, else VOC's, as the "
                         "reference's infer.py)")
     _add_caffe(r, "deploy net")
-    r.add_argument("--out", default="predictions", help="output directory")
+    r.add_argument("--out", type=T.out_dir, default="predictions", help="output directory")
     r.add_argument("images", nargs="+", help="image files, or folders of them (their image "
                    "files, sorted)")
     r.set_defaults(fn=cmd_predict)
 
     f = sub.add_parser("rf", help="per-layer sizes, receptive fields and crop offsets")
-    f.add_argument("model", nargs="?")
-    f.add_argument("--size", type=int, nargs=2, default=(500, 500), metavar=("H", "W"))
-    f.add_argument("--num-classes", type=int, default=None)
+    f.add_argument("model", nargs="?", help="model name (see --list)")
+    f.add_argument("--size", type=T.positive_int, nargs=2, default=(500, 500),
+                   metavar=("H", "W"), help="input size (default 500 500)")
+    f.add_argument("--num-classes", type=T.num_classes, default=None,
+                   help="classes of the score layers (default 21)")
     f.add_argument("--list", action="store_true", help="list the model names")
     f.set_defaults(fn=cmd_rf)
 
     c = sub.add_parser("convert", help="weights of any kind (.caffemodel, .pth, .npz) into an "
                        ".npz (or .caffemodel)")
-    c.add_argument("input")
-    c.add_argument("output", help="OUT.npz, or OUT.caffemodel to go back to Caffe")
+    c.add_argument("input", help="the weights to read (.caffemodel, .pth, .npz)")
+    c.add_argument("output", type=T.out_file,
+                   help="OUT.npz, or OUT.caffemodel to go back to Caffe")
     c.add_argument("--model", help="the net the weights are for (see `minifcn rf --list`)")
-    c.add_argument("--num-classes", type=int, default=None)
+    c.add_argument("--num-classes", type=T.num_classes, default=None,
+                   help="classes of the net's score layers (default 21)")
     c.add_argument("--partial", action="store_true", help="allow weights that fill only part "
                    "of the net")
     _add_caffe(c, "net")
@@ -372,18 +407,18 @@ def make_parser():
     return p
 
 
-def _check_ranges(a):
-    for name in ("iters", "batch", "iter_size", "val_interval", "checkpoint_interval",
-                 "n_overlays", "num_classes", "synthetic_size", "max_channels"):
-        v = getattr(a, name, None)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("lr", "minutes", "bucket_mb"):
-        v = getattr(a, name, None)
-        if v is not None and v <= 0:
-            raise UsageError(f"--{name} must be > 0, got {v}")
-    if getattr(a, "crop", None) and min(a.crop) < 1:
-        raise UsageError(f"--crop must be positive, got {a.crop}")
+def _check_args(a):
+    """What one flag's type (minifcn.cliargs) cannot see alone, before any work."""
+    if a.verb != "train" or a.solver:
+        return
+    from .data import VOC_CLASSES
+    classes = a.num_classes or (5 if a.data == "synthetic" else len(VOC_CLASSES))  # the
+    problems = [a.class_weights is not None and                  # defaults of open_dataset
+                T.check_class_weights(a.class_weights, classes),
+                a.crop and T.check_score_memory(classes, a.batch, *a.crop)]
+    for problem in problems:
+        if problem:
+            raise UsageError(problem)
 
 
 SPLIT_VERBS = ("train", "eval")        # the verbs that split their work over MPI ranks
@@ -396,35 +431,51 @@ def _world(a):
     if got is None or got[0] <= 1:
         return None
     if a.verb not in SPLIT_VERBS:
-        raise UsageError(f"minifcn {a.verb} does not split its work over ranks: run it without "
+        raise UsageError(f"{a.verb} does not split its work over ranks: run it without "
                          f"mpiexec (under mpiexec -n N: {', '.join(SPLIT_VERBS)})")
     return distributed.world()
 
 
-def main(argv=None):
+def _bad_input():
+    """The errors that report a mistake in what the user gave (a file, a flag, a dataset, the
+    machine's set-up): one line, no traceback. Any other exception is a bug in minifcn and
+    keeps its traceback."""
     from .data import DatasetError
-    from .distributed import MPISetupError, Quiet, launched
+    from .distributed import MPISetupError
     from .kernels import DeviceUnavailable
+    from .runlock import LockHeld
     from .train import TrainingDiverged
+    return (ValueError, OSError, DatasetError, DeviceUnavailable, TrainingDiverged,
+            MPISetupError, LockHeld)
+
+
+def _verb(argv):
+    """`minifcn VERB` for the error line (the verb is the first word that is no option)."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    verbs = ("train", "eval", "predict", "rf", "convert", "bench")
+    return f"minifcn {words[0]}" if words and words[0] in verbs else "minifcn"
+
+
+def main(argv=None):
+    from .distributed import Quiet, launched
     # Under mpiexec every rank runs this; only the launcher's rank 0 speaks.
     speak = (launched() or (1, 0))[1] == 0
     say = (lambda msg: print(msg, file=sys.stderr)) if speak else (lambda msg: None)
     try:
         a = make_parser().parse_args(argv)
-        _check_ranges(a)
+        _check_args(a)
         a.comm = _world(a)
         return a.fn(a)
     except Quiet as e:                      # another rank reports it
         return e.code
     except UsageError as e:
-        say(e)
+        say(f"{_verb(argv)}: error: {e}")
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, DatasetError, DeviceUnavailable, TrainingDiverged,
-            MPISetupError, OSError) as e:
-        say(f"minifcn: error: {e}")
+    except _bad_input() as e:
+        say(f"{_verb(argv)}: error: {e}")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        say("minifcn: interrupted")
+        say(f"{_verb(argv)}: interrupted")
         return EXIT_INTERRUPTED
 
 

@@ -459,13 +459,18 @@ def fcn8s_micro(num_classes=21, loss=True, **kwargs):
 def fcn_alexnet(num_classes=21, loss=True, *, init="he", score_init="zeros", normalize="valid",
                 dtype=np.float32, seed=0, first_pad=100, upsampling="final", materialize=True):
     """FCN-AlexNet (voc-fcn-alexnet): conv1 11x11 stride 4 pad 100, fc6 6x6, upscore 63x63
-    stride 32 (frozen bilinear), loss normalised by valid pixels (normalize: true)."""
+    stride 32 (frozen bilinear), loss normalised by valid pixels (normalize: true). Its conv
+    and fc layers keep Caffe's default multipliers, as the reference's prototxt gives them
+    no param blocks: biases learn at lr 1 with decay 1, not at 2 without decay as in the VGG
+    FCNs (score_fr has the 2 / 0 there too)."""
     net = Net(_inputs(loss), name="fcn_alexnet")
     b = _Builder(net, dtype, _init(init, materialize), seed)
     top, c = _alexnet_features(b, first_pad)
     b.conv("fc6", top, c, 4096, 6)
     b.dropout("drop6", "fc6", 0.5)
     b.conv("fc7", "fc6", 4096, 4096, 1)
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        net.layers[name].lr_mult["bias"] = net.layers[name].decay_mult["bias"] = 1.0
     b.dropout("drop7", "fc7", 0.5)
     b.conv("score_fr", "fc7", 4096, num_classes, 1, init=score_init, relu=False)
     b.deconv("upscore", "score_fr", num_classes, 63, 32, upsampling != "none")

@@ -44,6 +44,7 @@ def voc(tmp_path_factory):
 def test_train_writes_outputs_and_resumes(trained, capsys):
     for name in ("checkpoint.npz", "log.jsonl", "curves.png"):
         assert (trained / name).exists(), name
+    assert not (trained / "train.lock").exists()             # released at the end
     records = [json.loads(line) for line in open(trained / "log.jsonl")]
     assert any("val_mean_iu" in r for r in records) and records[-1]["iter"] == 3
     code, out, _ = run(["train", *BASE, "--iters", "5", "--val-interval", "5", "--out",
@@ -88,7 +89,7 @@ def test_rf_verb(capsys):
 
 
 @pytest.mark.parametrize("argv,code,words", [
-    (["train", "--iters", "0"], 2, ["--iters must be >= 1"]),
+    (["train", "--iters", "0"], 2, ["minifcn train: error: argument --iters: must be >= 1"]),
     (["train", "--model", "nope"], 2, ["unknown model 'nope'"]),
     (["train", "--bogus"], 2, ["unrecognized arguments: --bogus"]),
     (["train", "--data", "/no/such/dir"], 1, ["/no/such/dir", "does not exist"]),

@@ -145,3 +145,12 @@ def test_scratch_reuse_across_sizes(rng):
         outs.append((x, wt, y.copy(), y))
     for x, wt, saved, y in outs:
         np.testing.assert_array_equal(saved, y)
+
+
+def test_max_pool_propagates_nan(rng):
+    """A window holding a NaN pools to NaN, its gradient to the first NaN: the numpy
+    reference and both cpu routes (2x2 fast path, general loop) alike (tests/pool_nan.py)."""
+    from pool_nan import check_device
+
+    from minifcn.kernels.cpu import pool
+    check_device(rng, pool.max_pool2d, pool.max_pool2d_backward, np.asarray, np.float32)

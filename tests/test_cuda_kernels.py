@@ -299,6 +299,13 @@ def test_max_pool2d(rng, case, dtype):
           dtype)
 
 
+def test_max_pool2d_propagates_nan(rng):
+    """As numpy and cpu do (tests/pool_nan.py): a window with a NaN pools to NaN, its
+    gradient goes to the first NaN."""
+    from pool_nan import check_device
+    check_device(rng, K.max_pool2d, K.max_pool2d_backward, host, np.float32)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", POOL_CASES)
 def test_avg_pool2d(rng, case, dtype):

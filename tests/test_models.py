@@ -220,3 +220,27 @@ def test_receptive_field_is_exported_at_the_top():
     net = build("fcn32s")
     assert minifcn.receptive_field(net, "score_fr")[1][:2] == (404, 32)
     assert "offset 19" in minifcn.rf_table(net, (500, 500))
+
+
+@pytest.mark.parametrize("name,folder", [("fcn32s", "voc-fcn32s"), ("fcn16s", "voc-fcn16s"),
+                                         ("fcn8s", "voc-fcn8s"),
+                                         ("fcn8s_atonce", "voc-fcn8s-atonce"),
+                                         ("fcn_alexnet", "voc-fcn-alexnet")])
+def test_multipliers_follow_the_reference_prototxt(name, folder):
+    """Every parameter's lr_mult and decay_mult as the reference's train.prototxt gives them
+    (read by minifcn.caffe.read_net, Caffe's defaults 1 and 1 where a layer has no param
+    block, as FCN-AlexNet's conv and fc layers). upsampling='all' freezes the intermediate
+    upsamplers as the reference nets do (the paper, and minifcn's default, learn them)."""
+    import os
+
+    from minifcn.caffe import read_net
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "caffe", folder,
+                        "train.prototxt")
+    ref = read_net(path, phase="train", materialize=False)
+    ours = models.build(name, upsampling="all", materialize=False)
+
+    def mults(net):
+        return {n: (lyr.lr_mult, lyr.decay_mult) for n, lyr in net.layers.items() if lyr.params}
+    assert mults(ours) == mults(ref)
+    assert mults(ref)["fc7" if "alexnet" in name else "score_fr"][0]["bias"] == \
+        (1.0 if "alexnet" in name else 2.0)       # the two conventions are both checked

@@ -21,11 +21,18 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax):
                 w0 = ow * sw - pw
                 w1, w0 = min(w0 + kw, W), max(w0, 0)
                 best, arg = x[n, c, h0, w0], h0 * W + w0
+                nan = False
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
                         v = x[n, c, ih, iw]
+                        nan |= v != v                # (a NaN is never > best)
                         if v > best:                 # strict: the first maximum wins ties
                             best, arg = v, ih * W + iw
+                if nan:                              # the first NaN wins, as the reference's
+                    for ih in range(h1 - 1, h0 - 1, -1):         # argmax: scanned backwards,
+                        for iw in range(w1 - 1, w0 - 1, -1):     # the first is kept last
+                            if x[n, c, ih, iw] != x[n, c, ih, iw]:
+                                best, arg = x[n, c, ih, iw], ih * W + iw
                 y[n, c, oh, ow] = best
                 argmax[n, c, oh, ow] = arg
 
@@ -35,7 +42,8 @@ def _max_pool_2x2(x, y, argmax):
     """_max_pool for VGG's 2x2 windows of stride 2 without padding, written so that LLVM
     vectorises it: no bounds tests in the inner loop and no branches (each pair's winner is a
     select). Ties go to the first pixel in scan order, as in _max_pool: the top pair's winner
-    keeps a tie against the bottom pair's. 8x faster than _max_pool on VGG16's pool1."""
+    keeps a tie against the bottom pair's, and a NaN beats any number (the first NaN wins, as
+    in _max_pool and the reference's argmax). 8x faster than _max_pool on VGG16's pool1."""
     N, C, H, W = x.shape
     Ho, Wo = y.shape[2], y.shape[3]
     full = W // 2                            # windows two columns wide; ceil mode may add one
@@ -49,18 +57,19 @@ def _max_pool_2x2(x, y, argmax):
             for ow in range(full):
                 w0 = 2 * ow
                 a0, a1, b0, b1 = r0[w0], r0[w0 + 1], r1[w0], r1[w0 + 1]
-                top, bot = a1 > a0, b1 > b0
+                top = (a1 > a0) | ((a1 != a1) & (a0 == a0))    # NaN wins, as above
+                bot = (b1 > b0) | ((b1 != b1) & (b0 == b0))
                 ta = a1 if top else a0
                 tb = b1 if bot else b0
                 ia = h0 * W + w0 + (1 if top else 0)
                 ib = h1 * W + w0 + (1 if bot else 0)
-                lower = tb > ta
+                lower = (tb > ta) | ((tb != tb) & (ta == ta))
                 yr[ow] = tb if lower else ta
                 ar[ow] = ib if lower else ia
             for ow in range(full, Wo):
                 w0 = 2 * ow
                 a0, b0 = r0[w0], r1[w0]
-                lower = b0 > a0
+                lower = (b0 > a0) | ((b0 != b0) & (a0 == a0))
                 yr[ow] = b0 if lower else a0
                 ar[ow] = h1 * W + w0 if lower else h0 * W + w0
 

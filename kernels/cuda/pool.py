@@ -39,7 +39,8 @@ def _max_pool_kernel(x, kh, kw, sh, sw, ph, pw, y, argmax):
         for h in range(h0, h1):
             for w in range(w0, w1):
                 v = x[n, c, h, w]
-                if v > best:                # strict: the first maximum wins ties
+                # strict: the first maximum wins ties; the first NaN wins, nothing beats it
+                if v > best or (v != v and best == best):
                     best = v
                     arg = h * W + w
         y[n, c, oh, ow] = best

@@ -16,6 +16,7 @@ from .sections import SECTIONS, runs_on, settings, simulator_settings
 from .timing import cuda_ready, machine_info, set_threads, sgemm_gflops
 from .torch_side import torch_available
 from .workers import TorchProcess, worker_main
+from ..cliargs import out_file, positive_int
 from ..files import atomic_write_text
 
 
@@ -29,15 +30,18 @@ def add_arguments(p):
                    help=f"what to time (default all: {' '.join(SECTIONS)})")
     p.add_argument("--torch", dest="torch", action="store_true", default=None,
                    help="time PyTorch beside us (default: when it is installed)")
-    p.add_argument("--no-torch", dest="torch", action="store_false")
-    p.add_argument("--repeat", type=int, default=None, help="timed runs per figure")
-    p.add_argument("--rounds", type=int, default=None,
+    p.add_argument("--no-torch", dest="torch", action="store_false",
+                   help="do not time PyTorch")
+    p.add_argument("--repeat", type=positive_int, default=None, help="timed runs per figure")
+    p.add_argument("--rounds", type=positive_int, default=None,
                    help="rounds of each section, ours interleaved with PyTorch's, keeping "
                         "each figure's best (default 2; --quick 1)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="threads for Numba, BLAS and PyTorch (default: all cores)")
-    p.add_argument("--json", metavar="PATH", help="write every figure and the machine here")
-    p.add_argument("--markdown", metavar="PATH", help="write the report's tables here")
+    p.add_argument("--json", metavar="PATH", type=out_file,
+                   help="write every figure and the machine here")
+    p.add_argument("--markdown", metavar="PATH", type=out_file,
+                   help="write the report's tables here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
 
 
