@@ -37,7 +37,8 @@ def _names(class_names, n):
 def overlay(image_rgb, label, alpha=0.5):
     """The image (uint8 H x W x 3) with the class colours blended over every non-background
     pixel; void (255) is drawn in its palette colour too."""
-    colours = voc_colormap(256)[np.asarray(label, dtype=np.uint8)].astype(np.float32)
+    label = np.asarray(label).astype(np.int64)
+    colours = voc_colormap(max(256, int(label.max(initial=0)) + 1))[label].astype(np.float32)
     img = np.asarray(image_rgb, dtype=np.float32)
     fg = (np.asarray(label) != 0)[..., None]
     return np.where(fg, (1 - alpha) * img + alpha * colours, img).clip(0, 255).astype(np.uint8)
@@ -58,10 +59,12 @@ def save_overlay(image_rgb, label, path, truth=None, class_names=None):
         ax.set_axis_off()
     shown = np.unique(np.concatenate([np.ravel(label)] + ([np.ravel(truth)]
                                                           if truth is not None else [])))
-    cmap = voc_colormap(256) / 255.0
+    cmap = voc_colormap(max(256, int(shown.max()) + 1)) / 255.0
     names = _names(class_names, int(shown[shown != 255].max(initial=0)) + 1)
-    handles = [Patch(color=cmap[c], label="void" if c == 255 else names[c] if c < len(names)
-                     else f"class {c}") for c in shown]
+    handles = [Patch(color=cmap[c], label="void" if c == 255 and len(names) <= 255 else
+                     names[c] if c < len(names) else f"class {c}") for c in shown[:18]]
+    if len(shown) > 18:                      # more would not be readable
+        handles.append(Patch(color="white", label=f"... {len(shown) - 18} more classes"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
                frameon=False)
     _save(fig, path)
