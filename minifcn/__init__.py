@@ -26,10 +26,11 @@ if _util.find_spec(__name__ + ".kernels") is None:
 from . import functional  # noqa: E402
 # models first: it registers the section-5 nets of scene_models, which imports it back
 from . import models  # noqa: E402,F401
+from .inference import load  # noqa: E402  (model = minifcn.load(path); model.predict(img))
 from .coordmap import coord_map, receptive_field, rf_table  # noqa: E402
 from .kernels import DEVICES, DeviceUnavailable, device, get_device, set_device  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["functional", "DEVICES", "DeviceUnavailable", "device", "get_device", "set_device",
-           "coord_map", "receptive_field", "rf_table"]
+           "coord_map", "receptive_field", "rf_table", "load"]

@@ -31,11 +31,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------- shared pieces
-def _add_model(p, required=True):
-    p.add_argument("--model", default="fcn8s_tiny" if not required else None,
-                   required=required, help="model name (see `minifcn rf --list`)")
+def _add_model(p, required=True, default="the checkpoint's"):
+    # default None: eval and predict take what the checkpoint says (minifcn.inference.resolve)
+    p.add_argument("--model", default=None, required=required,
+                   help=f"model name (see `minifcn rf --list`; default {default})")
     p.add_argument("--num-classes", type=T.num_classes, default=None,
-                   help="number of classes incl. background (default: the dataset's)")
+                   help="number of classes incl. background (default: the checkpoint's, "
+                        "else the dataset's)")
 
 
 def _add_device(p):
@@ -103,6 +105,7 @@ def _train(a, held):
     from . import distributed
     from .runlock import RunLock
     a.iters = a.iters or 1000
+    a.model = a.model or "fcn8s_tiny"
     comm = a.comm
     with distributed.agreed(comm):           # set-up: no collective in here
         if comm is None or comm.rank == 0:
@@ -145,6 +148,7 @@ def _train_setup(a, comm):
         report = import_torchvision_vgg16(net, load_torch_state_dict(a.vgg16))
         say(f"imported VGG16 weights from {a.vgg16}: {report}")
     net.to(a.device)
+    described = _describe(a.model, num_classes, dataset)     # before it becomes a list
     if a.data == "synthetic":                # generated on the fly: hold it in memory
         dataset = [dataset[i] for i in range(len(dataset))]
     loader = data.Loader(dataset, batch_size=a.batch, seed=a.seed,
@@ -155,12 +159,34 @@ def _train_setup(a, comm):
     trainer = train.Trainer(net, solver, loader, a.out, val_data=val, num_classes=num_classes,
                             iter_size=a.iter_size, loss_sample=a.loss_sample, sample_seed=a.seed,
                             val_interval=a.val_interval, checkpoint_interval=a.checkpoint_interval,
-                            progress=not a.no_progress, comm=comm, bucket_mb=a.bucket_mb)
+                            progress=not a.no_progress, comm=comm, bucket_mb=a.bucket_mb,
+                            model_info=described)
     if a.resume:
         path = trainer.checkpoint_path if a.resume == "last" else a.resume
         info = trainer.resume(path)
         say(f"resumed from {path} at iteration {info['iter']}")
     return trainer, net, val, num_classes
+
+
+def _describe(model, num_classes, dataset):
+    """What a training checkpoint records of its model, so eval and predict need not be told."""
+    from .data import VOC_MEAN_BGR
+    names = getattr(dataset, "class_names", None)
+    return {"name": model, "num_classes": int(num_classes),
+            **({"class_names": list(names)} if names and len(names) == num_classes else {}),
+            "preprocess": {"mean": list(VOC_MEAN_BGR), "channels": "BGR", "scale": 1.0}}
+
+
+def _resolve(a):
+    """--model, --num-classes and --mean from the flags, else from the checkpoint (a flag
+    that contradicts it is refused by name); a.class_names, a.preprocess set too."""
+    from .inference import resolve
+    a.model, a.num_classes, a.class_names, a.preprocess = resolve(
+        a.weights, a.model, a.num_classes, getattr(a, "mean", None),
+        {"model": "--model", "num_classes": "--num-classes"})
+    if a.model is None:
+        raise UsageError(f"{a.weights} does not say which model it holds: "
+                         f"give --model (see `minifcn rf --list`)")
 
 
 def _metrics_line(s):
@@ -181,59 +207,49 @@ def cmd_eval(a):
     with distributed.agreed(comm):
         if comm is not None and a.device == "cuda":
             distributed.select_gpu(comm)
+        _resolve(a)
         dataset, num_classes = load_dataset(a.data, a.split, a.num_classes, a.sbd,
                                             a.synthetic_size)
         net = build_model(a.model, num_classes, loss=True)
         load_weights(net, a.weights)
         net.to(a.device)
     with distributed.abort_on_error(comm, "in evaluation"):
-        scores = train.evaluate(net, dataset, num_classes, progress=True, comm=comm)
+        scores = train.evaluate(net, dataset, num_classes, mean=a.preprocess["mean"],
+                                progress=True, comm=comm)
     if comm is not None and comm.rank != 0:
         return 0
-    names = getattr(dataset, "class_names", None)
+    names = getattr(dataset, "class_names", None) or a.class_names
     print(metrics.format_table(scores, names))
     if a.overlays:
         for i in range(min(a.n_overlays, len(dataset))):
             img, label = dataset[i]
-            pred = _predict_image(net, img)
+            pred = _predict_image(net, img, a.preprocess["mean"])
             viz.save_overlay(img, pred, os.path.join(a.overlays, f"{i:04d}.png"), truth=label)
         print(f"overlays (image | truth | prediction) in {a.overlays}")
     return 0
 
 
-def _predict_image(net, img):
+def _predict_image(net, img, mean):
     from .data import preprocess
     from .train import predict
-    return predict(net, preprocess(img)[None])[0]
+    return predict(net, preprocess(img, mean)[None])[0]
 
 
 def cmd_predict(a):
-    from PIL import Image, UnidentifiedImageError
     if a.prototxt:
         from .caffe import commands
         return commands.predict(a)
-
-    from . import viz
-    for path in a.images:                    # check every input before any work
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image {path} does not exist")
+    from .inference import Model, check_out_dir, image_list, predict_files
+    image_list(a.images)                     # every input exists, before any work
+    check_out_dir(a.out)
+    _resolve(a)
+    if a.num_classes is None:
+        raise UsageError(f"{a.weights} does not say how many classes its "
+                         f"model has: give --num-classes")
     net = build_model(a.model, a.num_classes, loss=False)
     load_weights(net, a.weights)
     net.to(a.device)
-    os.makedirs(a.out, exist_ok=True)
-    for path in a.images:
-        try:
-            with Image.open(path) as im:
-                img = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from None
-        pred = _predict_image(net, img)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        viz.save_mask(pred, os.path.join(a.out, f"{stem}.png"))
-        viz.save_overlay(img, pred, os.path.join(a.out, f"{stem}_overlay.png"))
-        counts = np.bincount(pred.ravel(), minlength=a.num_classes)
-        print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {a.out}/{stem}.png; pixels per class "
-              f"{counts.tolist()}")
+    predict_files(Model(net, a.num_classes, a.class_names, a.preprocess), a.images, a.out)
     return 0
 
 
@@ -275,7 +291,7 @@ def make_parser():
 
     t = sub.add_parser("train", help="train a model", description="Train a model; writes a "
                        "checkpoint, log.jsonl and curves.png to --out.")
-    _add_model(t, required=False)
+    _add_model(t, required=False, default="fcn8s_tiny")
     _add_data(t, "train")
     _add_device(t)
     t.add_argument("--val-split", default="val", help="split to validate on ('' for none)")
@@ -351,11 +367,14 @@ def make_parser():
     _add_device(r)
     r.add_argument("--weights", required=True, help="weights (.npz, checkpoint, .caffemodel, "
                    ".pth)")
-    r.add_argument("--mean", type=T.finite_float, nargs=3, metavar=("B", "G", "R"), default=None,
-                   help="mean to subtract (default VOC's, as the reference's infer.py)")
+    r.add_argument("--mean", type=T.finite_float, nargs=3, metavar=("B", "G", "R"),
+                   default=None,
+                   help="mean to subtract (default: the checkpoint's, else VOC's, as the "
+                        "reference's infer.py)")
     _add_caffe(r, "deploy net")
     r.add_argument("--out", type=T.out_dir, default="predictions", help="output directory")
-    r.add_argument("images", nargs="+", help="image files")
+    r.add_argument("images", nargs="+", help="image files, or folders of them (their image "
+                   "files, sorted)")
     r.set_defaults(fn=cmd_predict)
 
     f = sub.add_parser("rf", help="per-layer sizes, receptive fields and crop offsets")
@@ -390,8 +409,6 @@ def make_parser():
 
 def _check_args(a):
     """What one flag's type (minifcn.cliargs) cannot see alone, before any work."""
-    if getattr(a, "num_classes", None) is None and getattr(a, "verb", "") == "predict":
-        a.num_classes = 5
     if a.verb != "train" or a.solver:
         return
     from .data import VOC_CLASSES

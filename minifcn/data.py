@@ -41,13 +41,12 @@ loader's own ``np.random.Generator``, whose state ``state_dict()`` saves for res
 from __future__ import annotations
 
 import colorsys
-import contextlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
-from .files import atomic_write
+from .files import atomic_write, read_image, read_lines
 
 __all__ = [
     "VOC_MEAN_BGR", "VOC_CLASSES", "SHAPE_CLASSES", "DatasetError",
@@ -280,18 +279,6 @@ def synthetic_splits(n_train=400, n_val=100, seed=0, **kwargs):
 
 # ----------------------------------------------------------------------------- VOC on disk
 
-@contextlib.contextmanager
-def _strict_pil():
-    """PIL silently fills truncated files with grey when LOAD_TRUNCATED_IMAGES is set; we want
-    an error instead, so force it off while we read (and restore the user's setting)."""
-    old = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = old
-
-
 def label_image(label):
     """uint8 (H, W) class indices (255: void) -> a palette ('P') PIL image with the VOC
     colours: what SegmentationClass/*.png hold, and what masks are saved as."""
@@ -314,7 +301,7 @@ def _paths(root, id_, sbd):
 
 
 def _read_ids(split_file):
-    return [line.strip() for line in Path(split_file).read_text().splitlines() if line.strip()]
+    return read_lines(split_file, "split file")      # UTF-8 (BOM or not), UTF-16 with a BOM
 
 
 def write_voc(dataset, root, split_name, ids=None):
@@ -351,9 +338,7 @@ def write_voc(dataset, root, split_name, ids=None):
 
 
 def _load_image(path):
-    with _strict_pil(), Image.open(path) as im:
-        im.load()
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return read_image(path)          # any mode to RGB by one rule (files._rgb), bombs refused
 
 
 def _load_label(path):
@@ -363,8 +348,7 @@ def _load_label(path):
         import scipy.io  # only SBD needs scipy; import it on demand
         # GTcls is a MATLAB struct; loadmat gives a (1, 1) record array of object fields.
         return np.asarray(scipy.io.loadmat(path)["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
-    with _strict_pil(), Image.open(path) as im:
-        im.load()
+    with read_image(path, convert=False) as im:
         if im.mode not in ("P", "L"):
             raise DatasetError(f"{path}: label PNG has mode {im.mode!r}; expected class indices "
                                "in a palette ('P') or grayscale ('L') PNG, not colours")

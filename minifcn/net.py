@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, read_npz
 from . import functional as F
 from .kernels import check_device
 
@@ -260,9 +260,7 @@ class Net:
     def load(self, path, strict=True):
         """Read parameters saved by save(). Names and shapes must match (strict) or the
         matching ones are loaded; returns {"missing": [...], "unexpected": [...]}."""
-        with np.load(path, allow_pickle=False) as f:
-            stored = {k: f[k] for k in f.files}
-        own = self.params()
+        stored, own = read_npz(path, plain=True), self.params()   # checked (minifcn.files)
         missing = [k for k in own if k not in stored]
         unexpected = [k for k in stored if k not in own]
         bad = [f"{k}: file {stored[k].shape} vs net {own[k].shape}" for k in own

@@ -43,7 +43,7 @@ import numpy as np
 from . import distributed
 from . import layers as L
 from . import functional as F
-from .files import atomic_write_text
+from .files import BadFileError, atomic_write_text, read_npz
 from .metrics import ConfusionMatrix
 from .net import save_npz
 
@@ -215,33 +215,88 @@ def _rng_states(net, extra):
     return states
 
 
-def save_checkpoint(path, net, solver, loader=None, sample_rng=None, meta=None):
-    """Weights, solver buffers, iteration and generator states in one .npz (atomic)."""
+def save_checkpoint(path, net, solver, loader=None, sample_rng=None, meta=None, model=None):
+    """Weights, solver buffers, iteration and generator states in one .npz (atomic). model:
+    what the net is ({"name", "num_classes", "class_names", "preprocess"}; see describe), so
+    eval, predict and minifcn.load need not be told again."""
     info = {"iter": solver.iter, "solver": type(solver).__name__,
             "rng": _rng_states(net, {"sample": sample_rng.bit_generator.state}
                                if sample_rng is not None else {}),
             "loader": loader.state_dict() if loader is not None else None,
-            "meta": meta or {}}
+            "meta": meta or {}, "model": model or {}}
     arrays = {f"param/{k}": v for k, v in net.params(host=True).items()}
     arrays.update(solver.state_arrays())
     arrays["info"] = np.array(json.dumps(info))        # a plain string: no pickle needed
     save_npz(path, arrays)
 
 
-def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None, check=None):
-    """Restore what save_checkpoint wrote; returns its info dict. check(info) may refuse
-    the checkpoint (raise) before anything is restored."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+def _parse_info(path, raw):
+    """The 'info' entry as the dict save_checkpoint wrote; anything else is refused by name."""
+    def bad(why):
+        return BadFileError(f"{path}: the checkpoint's 'info' entry {why}")
+    if raw.dtype.kind != "U" or raw.ndim != 0:
+        raise bad(f"is a {raw.dtype} array of shape {raw.shape}, not the JSON text minifcn "
+                  f"writes")
+    try:
+        info = json.loads(str(raw))
+    except ValueError as e:
+        raise bad(f"is not JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise bad(f"is a JSON {type(info).__name__}, not the object minifcn writes")
+    for key, kind in (("iter", int), ("solver", str), ("rng", dict)):
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            raise bad(f"has no {key!r} ({kind.__name__}): not written by minifcn")
+    if info["iter"] < 0:
+        raise bad(f"says iteration {info['iter']}")
+    for key in ("loader", "meta", "model"):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise bad(f"has a {key!r} that is a {type(info[key]).__name__}, not an object")
+    info["model"] = _check_model(bad, info.get("model") or {})
+    return info
+
+
+def _check_model(bad, m):
+    """The checkpoint's description of its model, each field checked (all are optional)."""
+    def need(ok, key):
+        if key in m and not ok(m[key]):
+            raise bad(f"has a bad model {key!r}: {m[key]!r:.80}")
+    need(lambda v: isinstance(v, str) and v, "name")
+    need(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "num_classes")
+    need(lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)
+         and len(v) == m.get("num_classes", len(v)), "class_names")
+    pre = m.get("preprocess")
+    need(lambda v: isinstance(v, dict) and v.get("channels") in ("BGR", "RGB")
+         and isinstance(v.get("mean"), list) and len(v["mean"]) == 3
+         and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v["mean"] +
+                 [v.get("scale", 1.0)]), "preprocess")
+    return {**m, **({"preprocess": dict(pre)} if pre else {})}
+
+
+def describe(path):
+    """What a checkpoint says its model is: {"name", "num_classes", "class_names",
+    "preprocess": {"mean": [3 numbers, in the channel order], "channels": "BGR", "scale":
+    1.0}} (each key only if recorded); {} for plain weights, .caffemodel or .pth. Only the
+    'info' entry is read (and checked)."""
+    from .weights import is_checkpoint, weights_format
+    if weights_format(path) != "npz" or not is_checkpoint(path):
+        return {}
     try:
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError) as e:
-        raise ValueError(f"checkpoint {path} cannot be read: {e}") from None
+            raw = f["info"]
+    except Exception:                   # noqa: BLE001 -- read_npz names what is wrong
+        raw = read_npz(path, "checkpoint")["info"]
+    return _parse_info(path, raw)["model"]
+
+
+def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None, check=None):
+    """Restore what save_checkpoint wrote; returns its info dict. check(info) may refuse
+    the checkpoint (raise) before anything is restored. A damaged file, non-finite weights or
+    an 'info' entry that is not what minifcn writes is refused (BadFileError) by name."""
+    arrays = read_npz(path, "checkpoint")
     if "info" not in arrays:
         raise ValueError(f"{path} is not a minifcn checkpoint (no 'info' entry); for plain "
                          f"weights use --weights")
-    info = json.loads(str(arrays.pop("info")))
+    info = _parse_info(path, arrays.pop("info"))
     if check is not None:
         check(info)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
@@ -252,16 +307,20 @@ def load_checkpoint(path, net, solver=None, loader=None, sample_rng=None, check=
         raise ValueError(f"checkpoint {path} does not fit this net: {diff[:6]}")
     for k, v in params.items():
         net.set_param(k, v)
-    for name, state in info["rng"].items():
-        if name in net.layers:
-            net.layers[name].rng.bit_generator.state = state
-    if sample_rng is not None and "sample" in info["rng"]:
-        sample_rng.bit_generator.state = info["rng"]["sample"]
-    if solver is not None:
-        solver.load_state_arrays({k: v for k, v in arrays.items() if k.startswith("solver/")},
-                                 info["iter"])
-    if loader is not None and info.get("loader"):
-        loader.load_state_dict(info["loader"])
+    try:
+        for name, state in info["rng"].items():
+            if name in net.layers:
+                net.layers[name].rng.bit_generator.state = state
+        if sample_rng is not None and "sample" in info["rng"]:
+            sample_rng.bit_generator.state = info["rng"]["sample"]
+        if solver is not None:
+            solver.load_state_arrays({k: v for k, v in arrays.items()
+                                      if k.startswith("solver/")}, info["iter"])
+        if loader is not None and info.get("loader"):
+            loader.load_state_dict(info["loader"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BadFileError(f"{path}: the checkpoint's training state cannot be restored "
+                           f"({type(e).__name__}: {e})") from None
     return info
 
 
@@ -285,8 +344,9 @@ class Trainer:
     def __init__(self, net, solver, loader, out_dir, val_data=None, num_classes=None,
                  iter_size=1, loss_sample=None, sample_seed=0, val_interval=None,
                  checkpoint_interval=None, progress=True, comm=None, bucket_mb=25.0,
-                 overlap=True, cuda_aware_mpi=None):
+                 overlap=True, cuda_aware_mpi=None, model_info=None):
         self.net, self.solver, self.loader = net, solver, loader
+        self.model_info = model_info or {}     # what the checkpoint says the model is
         self.out_dir, self.val_data, self.num_classes = out_dir, val_data, num_classes
         self.iter_size, self.loss_sample = int(iter_size), loss_sample
         if self.iter_size < 1:
@@ -420,7 +480,7 @@ class Trainer:
         # 0's checkpoint is every rank's.
         if self.is_root:
             save_checkpoint(self.checkpoint_path, self.net, self.solver, self.loader,
-                            self.sample_rng, meta=self._batch_meta())
+                            self.sample_rng, meta=self._batch_meta(), model=self.model_info)
 
     def _start_together(self):
         """Every rank starts from rank 0's weights, at one iteration and global batch."""

@@ -17,17 +17,21 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .files import BadFileError, _head, read_npz
+
 __all__ = ["load_weights", "read_params", "weights_format", "load_torch_state_dict", "UnsafePickleError", "torchvision_vgg16_names",
            "import_torchvision_vgg16", "transplant", "TransplantReport"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle asked for something a state dict never needs (and we never provide)."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The pickle asked for something a state dict never needs (and we never provide). A
+    ValueError too, so the CLI reports it as one line, like any other bad file."""
 
 
 # ----------------------------------------------------------------------------- torch files
@@ -170,7 +174,25 @@ def _check_tree(obj, path="state dict"):
 
 def load_torch_state_dict(path):
     """An OrderedDict name -> numpy array from a ``torch.save``d state dict (zip format, the
-    default since torch 1.6), without torch and without running anything the file names."""
+    default since torch 1.6, or the legacy one), without torch and without running anything
+    the file names. Every way the file can fail (a refused global, a damaged zip, a malformed
+    pickle, non-finite values) is a ValueError naming it (UnsafePickleError or BadFileError)."""
+    path = os.fspath(path)
+    _head(path, "torch file")
+    try:
+        sd = _read_torch(path)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(str(e) if path in str(e) else f"{path}: {e}") from None
+    except ValueError as e:                  # TorchFileError & co.: they name the file
+        raise BadFileError(str(e) if path in str(e) else f"{path}: {e}") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, zlib.error, EOFError, KeyError,
+            TypeError, AttributeError, IndexError, OSError) as e:
+        raise BadFileError(f"{path}: not a readable torch state dict "
+                           f"({type(e).__name__}: {e})") from None
+    return check_finite(path, sd)
+
+
+def _read_torch(path):
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -342,17 +364,47 @@ def import_torchvision_vgg16(net, state_dict, input="caffe", mean_bgr=None):
 
 # ----------------------------------------------------------------------------- any weights file
 def weights_format(path):
-    """'npz', 'pth' or 'caffemodel', from the file's first bytes (and name)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head == b"PK\x03\x04":
-        with zipfile.ZipFile(path) as zf:
-            return "pth" if any(n.endswith("data.pkl") for n in zf.namelist()) else "npz"
-    if len(head) >= 2 and head[0] == 0x80:
+    """'npz', 'pth' or 'caffemodel', from the file's first bytes (and name). An empty file is
+    refused here; a damaged zip, a .npy or text named *.npz are left to read_npz to name."""
+    head = _head(path, "weights file")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return "pth" if any(n.endswith("data.pkl") for n in zf.namelist()) else "npz"
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return "npz"                              # read_npz says what is wrong with it
+    if head[0] == 0x80:
         return "pth"                                  # a legacy torch file: pickles
+    if os.fspath(path).endswith(".npz") or head.startswith(b"\x93NUMPY"):
+        return "npz"
     return "caffemodel"                               # protobuf has no magic number
+
+
+def _torch_params(path):
+    """pytorch-fcn's (or torchvision's) state dict, checked, under minifcn's names."""
+    from .pth import fcn_state_dict
+    return fcn_state_dict(load_torch_state_dict(path))
+
+
+def check_finite(path, params):
+    """params, once every float array in it is finite (else BadFileError naming the array)."""
+    for key, v in params.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            bad = v.size - int(np.count_nonzero(np.isfinite(v)))
+            raise BadFileError(f"{path}: array {key!r} has {bad} non-finite value(s) (NaN or "
+                               f"inf) of {v.size}: a diverged or damaged model")
+    return params
+
+
+def is_checkpoint(path):
+    """Is this .npz a training checkpoint (it has an 'info' entry)? Only the archive's list of
+    names is read; a file that cannot even be listed is read in full, so read_npz says why."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return "info" in f.files
+    except Exception:                   # noqa: BLE001 -- read_npz names what is wrong
+        return "info" in read_npz(path)
 
 
 def read_params(path):
@@ -362,13 +414,12 @@ def read_params(path):
     kind = weights_format(path)
     if kind == "caffemodel":
         from .caffe.caffemodel import read_blobs
-        return OrderedDict((f"{name}.{p}", b) for name, _, blobs in read_blobs(path)
-                           for p, b in zip(("weight", "bias"), blobs))
+        return check_finite(path, OrderedDict(
+            (f"{name}.{p}", b) for name, _, blobs in read_blobs(path)
+            for p, b in zip(("weight", "bias"), blobs)))
     if kind == "pth":
-        from .pth import fcn_state_dict
-        return fcn_state_dict(load_torch_state_dict(path))
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+        return _torch_params(path)
+    arrays = read_npz(path)
     if "info" in arrays:
         return OrderedDict((k[6:], v) for k, v in arrays.items() if k.startswith("param/"))
     return OrderedDict(arrays)
@@ -380,22 +431,22 @@ def load_weights(net, path, strict=True):
     fcn8s_from_caffe.pth & co., legacy or zip; torchvision's VGG16 names mapped), told apart
     by their content. strict=True refuses a file that leaves a parameter of the net without a
     value (or, for .npz and .pth, one of another size); strict=False fills what matches, as
-    the reference's transplant. Returns the report."""
+    the reference's transplant. A damaged, empty, hostile or non-finite file is refused with
+    a BadFileError naming it (and the array). Returns the report."""
     kind = weights_format(path)
     if kind == "caffemodel":
         from .caffe.caffemodel import read_weights
-        return read_weights(net, path, strict=strict)
+        report = read_weights(net, path, strict=strict)
+        check_finite(path, net.params(host=True))
+        return report
     if kind == "pth":
-        from .pth import fcn_state_dict
-        report = transplant(net, fcn_state_dict(load_torch_state_dict(path)))
+        report = transplant(net, _torch_params(path))
         if strict and report.unmatched:
             raise ValueError(f"{path} does not fit this net: "
                              + ", ".join(f"{k} ({why})" for k, why in report.unmatched[:6]))
         return report
     from .train import load_checkpoint
-    with np.load(path, allow_pickle=False) as f:
-        is_checkpoint = "info" in f.files
-    if is_checkpoint:
+    if is_checkpoint(path):
         return load_checkpoint(path, net)
     if strict:
         return net.load(path)

@@ -87,37 +87,20 @@ def _load(net, path, strict=True):
 
 
 def predict(a):
-    from PIL import Image, UnidentifiedImageError
-
-    from .. import functional as F
-    from .. import viz
-    from ..data import VOC_MEAN_BGR, preprocess
-    for path in a.images:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image {path} does not exist")
+    from ..coordmap import blob_shapes
+    from ..inference import DEFAULT_PREPROCESS, Model, check_out_dir, image_list, predict_files
+    image_list(a.images)                     # every input exists, before any work
+    check_out_dir(a.out)
     net = open_net(a.prototxt, "test", a)
     if "data" not in net.inputs or len(net.inputs) != 1:
         raise ValueError(f"{a.prototxt}: predict needs a deploy net with one input 'data' "
                          f"(has {net.inputs})")
     out_blob = "score" if "score" in net.producer else net.outputs[0]
     _load(net, a.weights)
-    net.to(a.device).eval()
-    os.makedirs(a.out, exist_ok=True)
-    for path in a.images:
-        try:
-            with Image.open(path) as im:
-                img = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from None
-        x = preprocess(img, tuple(a.mean) if a.mean else VOC_MEAN_BGR)[None]
-        scores = net.forward(data=x, until=out_blob)
-        pred = F.to_host(F.argmax(scores, device=net.device), device=net.device)[0]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        viz.save_mask(pred, os.path.join(a.out, f"{stem}.png"))
-        viz.save_overlay(img, pred, os.path.join(a.out, f"{stem}_overlay.png"))
-        counts = np.bincount(pred.ravel(), minlength=int(scores.shape[1]))
-        print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {a.out}/{stem}.png; pixels per class "
-              f"{counts.tolist()}")
+    net.to(a.device)
+    pre = {**DEFAULT_PREPROCESS, **({"mean": list(a.mean)} if a.mean else {})}
+    classes = blob_shapes(net, (64, 64))[out_blob][0]
+    predict_files(Model(net, classes, None, pre, out=out_blob), a.images, a.out)
     return 0
 
 
