@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -151,7 +152,7 @@ def _train_setup(a, comm):
     described = _describe(a.model, num_classes, dataset)     # before it becomes a list
     if a.data == "synthetic":                # generated on the fly: hold it in memory
         dataset = [dataset[i] for i in range(len(dataset))]
-    loader = data.Loader(dataset, batch_size=a.batch, seed=a.seed,
+    loader = data.Loader(dataset, batch_size=a.batch, seed=a.seed, workers=a.workers,
                          crop=tuple(a.crop) if a.crop else None, mirror=a.mirror)
     solver = train.make_solver(net, a.optimizer, lr=a.lr, momentum=a.momentum,
                                weight_decay=a.weight_decay, policy=a.lr_policy, gamma=a.gamma,
@@ -249,7 +250,10 @@ def cmd_predict(a):
     net = build_model(a.model, a.num_classes, loss=False)
     load_weights(net, a.weights)
     net.to(a.device)
-    predict_files(Model(net, a.num_classes, a.class_names, a.preprocess), a.images, a.out)
+    t0 = time.perf_counter()
+    names = predict_files(Model(net, a.num_classes, a.class_names, a.preprocess), a.images, a.out)
+    dt = time.perf_counter() - t0
+    print(f"{len(names)} images in {dt:.2f} s: {len(names) / dt:.2f} images/s")
     return 0
 
 
@@ -297,6 +301,8 @@ def make_parser():
     t.add_argument("--val-split", default="val", help="split to validate on ('' for none)")
     t.add_argument("--out", type=T.out_dir, default="runs/train", help="output directory "
                    "(one run at a time: it holds --out/train.lock while it trains)")
+    t.add_argument("--workers", type=T.nonneg_int, default=0, help="threads decoding the next "
+                   "batches while the net trains (default 0: none)")
     t.add_argument("--iters", type=T.positive_int, default=None, help="iterations (default "
                    "1000, or the solver's max_iter)")
     t.add_argument("--solver", help="a Caffe solver.prototxt: train as the reference's solve.py")
@@ -464,6 +470,9 @@ def main(argv=None):
     say = (lambda msg: print(msg, file=sys.stderr)) if speak else (lambda msg: None)
     try:
         a = make_parser().parse_args(argv)
+        if argv is None and a.fn is cmd_bench:    # the command line: bench with a clean BLAS
+            from .bench.timing import restart_without_blas_env
+            restart_without_blas_env()
         _check_args(a)
         a.comm = _world(a)
         return a.fn(a)

@@ -40,7 +40,9 @@ loader's own ``np.random.Generator``, whose state ``state_dict()`` saves for res
 """
 from __future__ import annotations
 
+import collections
 import colorsys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -481,7 +483,7 @@ class Loader:
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=True, seed=1337, crop=None, mirror=False,
-                 mean=VOC_MEAN_BGR, shard=None, dtype=np.float32):
+                 mean=VOC_MEAN_BGR, shard=None, dtype=np.float32, workers=0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(dataset) == 0:
@@ -499,6 +501,11 @@ class Loader:
         self._pos = 0         # next position in _order
         self.padding = False  # was the last batch a stand-in for an empty shard?
         self.set_shard(*(shard or (0, 1)))
+        if int(workers) < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.workers = int(workers)
+        self._pool, self._ahead = None, collections.deque()   # workers' batches in flight
+        self._last = False    # did the last batch end its epoch?
 
     def set_shard(self, rank, ranks):
         """Read rank `rank`'s slice of global batches of batch_size * ranks items."""
@@ -553,33 +560,68 @@ class Loader:
         return (np.stack([x for x, _ in items]).astype(self.dtype, copy=False),
                 np.stack([y for _, y in items]).astype(np.int32, copy=False))
 
-    def next_batch(self):
-        """The next batch (this rank's slice of the next global batch), starting a new epoch
-        (a new shuffle) when the current one is done."""
+    def _plan(self):
+        """What the next batch is: its items and random draws, the loader's state before it
+        (for state_dict) and whether it ends the epoch. Loading it is separate (_load), so
+        that workers can load batches ahead while the draws stay in this one order."""
+        state = self._own_state()
         if self._order is None or self._pos >= len(self._order):
             n = len(self.dataset)
             self._order = self.rng.permutation(n) if self.shuffle else np.arange(n)
             self._pos = 0
         indices = self._order[self._pos:self._pos + self.global_batch]
         self._pos += len(indices)
-        if self._pos >= len(self._order):
-            self.epoch += 1
+        last = self._pos >= len(self._order)
+        self.epoch += last
         draws = self._draws(len(indices))             # every rank draws the whole block
         lo = self.shard[0] * self.batch_size
         mine = slice(lo, lo + self.batch_size)
-        self.padding = len(indices[mine]) == 0
-        if self.padding:                              # nothing left for this rank
-            x, y = self._batch(indices[:1], [None])
+        return indices[mine], draws[mine], len(indices[mine]) == 0, last, state, indices[:1]
+
+    def _load(self, plan):
+        mine, draws, padding, _, _, first = plan
+        if padding:                                   # nothing left for this rank
+            x, y = self._batch(first, [None])
             return x, np.full_like(y, VOID)
-        return self._batch(indices[mine], draws[mine])
+        return self._batch(mine, draws)
+
+    def next_batch(self):
+        """The next batch (this rank's slice of the next global batch), starting a new epoch
+        (a new shuffle) when the current one is done. With workers=N, N threads decode the
+        next N batches meanwhile (Pillow and numpy release the GIL): the same batches in the
+        same order as without them."""
+        if not self.workers:
+            plan = self._plan()
+            batch = self._load(plan)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="minifcn-load")
+            while len(self._ahead) <= self.workers:
+                plan = self._plan()
+                self._ahead.append((plan, self._pool.submit(self._load, plan)))
+            plan, future = self._ahead.popleft()
+            try:
+                batch = future.result()
+            except BaseException:
+                self.close()                          # a bad item: stop the others too
+                raise
+        self.padding, self._last = plan[2], plan[3]
+        return batch
+
+    def close(self):
+        """Stop the workers (batches loaded ahead are dropped; the state is kept)."""
+        if self._ahead:
+            self._restore(self._ahead[0][0][4])
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __iter__(self):
         """One epoch of batches (after a resume mid-epoch: the rest of that epoch)."""
-        if self._order is not None and self._pos >= len(self._order):
-            self._order = None
         while True:
             yield self.next_batch()
-            if self._pos >= len(self._order):
+            if self._last:
                 return
 
     def forever(self):
@@ -587,13 +629,21 @@ class Loader:
         while True:
             yield self.next_batch()
 
-    def state_dict(self):
-        """JSON-serialisable state: rng, epoch, and the order and position in the current epoch."""
+    def _own_state(self):
         return {"rng": self.rng.bit_generator.state, "epoch": self.epoch,
                 "order": None if self._order is None else [int(i) for i in self._order],
                 "pos": self._pos}
 
+    def state_dict(self):
+        """JSON-serialisable state: rng, epoch, and the order and position in the current
+        epoch -- as of the batches handed out (not those the workers loaded ahead)."""
+        return self._ahead[0][0][4] if self._ahead else self._own_state()
+
     def load_state_dict(self, state):
+        self.close()
+        self._restore(state)
+
+    def _restore(self, state):
         self.rng.bit_generator.state = state["rng"]
         self.epoch = int(state["epoch"])
         self._order = None if state["order"] is None else np.asarray(state["order"], dtype=np.int64)

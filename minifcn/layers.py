@@ -42,6 +42,7 @@ class Layer:
     inplace_ok = False       # may its top reuse its bottom's name (Caffe's in-place layers)?
     is_loss = False
     spatial_bottoms = None   # how many bottoms' coordinates reach the top (None: all of them)
+    saved = ()               # what _forward keeps for _backward (release() drops it)
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
@@ -111,6 +112,9 @@ class Layer:
             self.grads.update({p: None for p in self.grads if self.trainable(p)})
         out = self._backward(dtops, need, accumulate)
         return out if isinstance(out, tuple) else (out,)
+
+    def release(self):       # a Net calls this once its backward is past this layer
+        self.__dict__.update(dict.fromkeys(self.saved))
 
     def __repr__(self):
         geo = {k: getattr(self, k) for k in ("kernel", "stride", "pad", "dilation")
@@ -212,6 +216,7 @@ class Window(Layer):
 # ----------------------------------------------------------------------------- layers
 class Conv(Window):
     """2-D convolution. weight (out_ch, in_ch/groups, kh, kw), bias (out_ch,)."""
+    saved = ("x",)
 
     def __init__(self, in_ch, out_ch, kernel, stride=1, pad=0, dilation=1, groups=1, bias=True,
                  init="he", seed=None, dtype=np.float32):
@@ -330,6 +335,7 @@ class InnerProduct(Conv):
 class Deconv(Layer):
     """Transposed convolution (Caffe's Deconvolution): weight (in_ch, out_ch, k, k); output
     s(H-1) + k - 2p. init='bilinear' gives the reference's upsampling filters."""
+    saved = ("x",)
 
     def __init__(self, in_ch, out_ch, kernel, stride=1, pad=0, bias=False, init="bilinear",
                  seed=None, dtype=np.float32):
@@ -395,6 +401,7 @@ class Deconv(Layer):
 
 
 class MaxPool(Window):
+    saved = ("argmax",)
     def __init__(self, kernel, stride=None, pad=0, ceil_mode=True):
         super().__init__()
         self.kernel = pair(kernel)
@@ -447,6 +454,7 @@ class AvgPool(MaxPool):
 
 
 class ReLU(Pointwise):
+    saved = ("y",)
     inplace_ok = True
 
     def __init__(self, slope=0.0):
@@ -472,6 +480,7 @@ class ReLU(Pointwise):
 class Dropout(Pointwise):
     """Inverted dropout; identity in eval mode. Its own seeded generator keeps runs
     reproducible (the solver saves and restores its state)."""
+    saved = ("mask",)
     inplace_ok = True
 
     def __init__(self, p=0.5, seed=None):
@@ -642,6 +651,7 @@ class Scale(Pointwise):
 
 class LRN(Pointwise):
     """Local response normalisation across channels (AlexNet)."""
+    saved = ("x",)
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
@@ -667,6 +677,7 @@ class SoftmaxLoss(Layer):
     """Pixelwise softmax cross-entropy: bottoms (scores, labels) -> the loss, a float.
     normalize: 'valid' (by valid pixels), 'batch' (by N: the reference FCN's normalize: false)
     or 'none'. loss_weight scales the loss and its gradient (Caffe's loss_weight)."""
+    saved = ("dscores",)
     n_bottoms = 2
     is_loss = True
 

@@ -45,6 +45,7 @@ class Net:
         self._consumers: dict[str, list[str]] = {b: [] for b in self.inputs}
         self.outputs: list[str] = []     # blobs no layer reads: what forward returns
         self.device = None               # set by to(); None: the current default device
+        self.released = False            # did a backward drop what another one would need?
 
     # ------------------------------------------------------------------ building
     def add(self, name, layer, bottoms, tops=None):
@@ -111,6 +112,7 @@ class Net:
                              f"{missing}, unknown {unknown}")
         # host inputs go to the device, once
         blobs = self.blobs = {k: F.asarray(v, device=self.device) for k, v in inputs.items()}
+        self.released = False            # what backward needs is there again
         for name in names:
             layer = self.layers[name]
             t0 = time.perf_counter()
@@ -140,7 +142,7 @@ class Net:
                 need[t] = flows or has_params
         return need
 
-    def backward(self, grads=None, input_grads=True, accumulate=False, hook=None):
+    def backward(self, grads=None, input_grads=True, accumulate=False, hook=None, keep=False):
         """Backpropagate through every layer in reverse order.
 
         grads: {blob: dout} for output blobs; loss layers' outputs are seeded with 1.0 unless
@@ -148,6 +150,8 @@ class Net:
         it). accumulate=True adds parameter gradients to those already held (iter_size).
         hook(layer_name) is called once a layer's gradients are made (data-parallel training
         starts summing them over ranks then, while backward goes on).
+        Memory: as backward passes a layer it drops what the layer saved and the blobs no
+        earlier layer reads (inputs, outputs stay); keep=True keeps all, keep=[names] those.
         Returns the gradient of the float inputs: one array, or a dict when there are several.
         """
         diffs = {}
@@ -161,30 +165,36 @@ class Net:
         if not diffs:
             raise ValueError(f"{self.name}: nothing to backpropagate: the net has no loss layer, "
                              f"so pass grads={{blob: dout}} for its outputs {self.outputs}")
+        if self.released:
+            raise ValueError(f"{self.name}: a second backward needs forward again (or keep=True)")
         need = self._needs_grad(input_grads)
-        for name in reversed(self.layers):
-            layer = self.layers[name]
-            dtops = [diffs.pop(t, None) for t in self.tops[name]]
-            if all(d is None for d in dtops):
-                continue                          # nothing flows back through this layer
-            dtops = [F.zeros_like(self.blobs[t], device=layer.device) if d is None else d
-                     for t, d in zip(self.tops[name], dtops)]
-            wanted = [need[b] for b in self.bottoms[name]]
-            if not any(wanted) and not any(layer.trainable(p) for p in layer.params):
-                continue
-            t0 = time.perf_counter()
-            dbottoms = layer.backward(dtops, wanted, accumulate)
-            for b, d, w in zip(self.bottoms[name], dbottoms, wanted):
-                if d is None or not w:
-                    continue
-                diffs[b] = d if b not in diffs else F.add(diffs[b], d, device=layer.device)
-            self.timings.setdefault(name, [0.0, 0.0])[1] = time.perf_counter() - t0
-            if hook is not None:
-                hook(name)
+        kept = set(self.blobs if keep is True else keep or ()) | set(self.inputs + self.outputs)
+        for name, layer in reversed(self.layers.items()):
+            self._backward_layer(name, layer, diffs, need, accumulate, hook)
+            if keep is not True:           # nothing before this layer reads these: drop them
+                layer.release()
+                for t in set(self.tops[name]) - set(self.bottoms[name]) - kept:
+                    self.blobs.pop(t, None)
+        self.released = keep is not True
         dinputs = {b: diffs.get(b) for b in self.inputs if input_grads and b in diffs}
-        if len(dinputs) == 1:
-            return next(iter(dinputs.values()))
-        return dinputs or None
+        return next(iter(dinputs.values())) if len(dinputs) == 1 else dinputs or None
+
+    def _backward_layer(self, name, layer, diffs, need, accumulate, hook):
+        dtops = [diffs.pop(t, None) for t in self.tops[name]]
+        wanted = [need[b] for b in self.bottoms[name]]
+        if all(d is None for d in dtops) or not any(wanted) and not any(
+                layer.trainable(p) for p in layer.params):
+            return                                # nothing flows back, or nobody wants it
+        dtops = [F.zeros_like(self.blobs[t], device=layer.device) if d is None else d
+                 for t, d in zip(self.tops[name], dtops)]
+        t0 = time.perf_counter()
+        for b, d, w in zip(self.bottoms[name], layer.backward(dtops, wanted, accumulate),
+                           wanted):
+            if d is not None and w:
+                diffs[b] = d if b not in diffs else F.add(diffs[b], d, device=layer.device)
+        self.timings.setdefault(name, [0.0, 0.0])[1] = time.perf_counter() - t0
+        if hook is not None:
+            hook(name)
 
     # ------------------------------------------------------------------ modes, parameters
     def train(self, mode=True):

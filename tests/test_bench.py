@@ -246,3 +246,31 @@ def test_quick_allreduce_section_ran_on_one_and_two_ranks(quick):
     steps = {r["impl"] for r in rows if r.get("step_ms")}
     assert any(i.startswith("1 x") for i in steps) and any(i.startswith("2 x") for i in steps)
     assert any("wait_ms" in r for r in rows)
+
+
+def test_bench_restarts_without_a_forced_openblas_kernel(tmp_path):
+    """OPENBLAS_CORETYPE is read when numpy loads OpenBLAS: the bench command restarts itself
+    without it, measures with the kernel OpenBLAS picks for this CPU and says what it unset;
+    MINIFCN_BENCH_KEEP_BLAS_ENV=1 keeps it (and the report says it was in effect)."""
+    import os
+    import subprocess
+    import sys
+    from threadpoolctl import threadpool_info
+    native = {i["architecture"] for i in threadpool_info() if i.get("internal_api") == "openblas"}
+    if not native or "OPENBLAS_CORETYPE" in os.environ:
+        pytest.skip("numpy's BLAS is not OpenBLAS, or this shell forces its kernel already")
+    forced = "Prescott"            # OpenBLAS's oldest x86-64 kernel, never the native pick
+    for keep in ("0", "1"):
+        js = tmp_path / f"keep{keep}.json"
+        env = dict(os.environ, OPENBLAS_CORETYPE=forced, MINIFCN_BENCH_KEEP_BLAS_ENV=keep)
+        subprocess.run([sys.executable, "-m", "minifcn.bench", "--quick", "--no-torch",
+                        "--device", "cpu", "--sections", "pools", "--json", str(js)],
+                       env=env, check=True, capture_output=True, timeout=300)
+        m = json.loads(js.read_text())["machine"]
+        arch = {b["architecture"] for b in m["blas"]}
+        if keep == "0":
+            assert arch == native and forced not in arch
+            assert m["env"]["unset by the bench"] == f"OPENBLAS_CORETYPE={forced}"
+        else:
+            assert arch and not arch & native      # OpenBLAS's own name for it may differ
+            assert m["env"]["OPENBLAS_CORETYPE"].startswith(forced + " (kept")

@@ -72,6 +72,26 @@ def test_eval_and_predict(trained, tmp_path, capsys):
     assert (tmp_path / "pred" / "img1_overlay.png").exists()
 
 
+def test_predict_reports_images_per_second(trained, tmp_path, capsys):
+    images = []
+    for i, size in enumerate([(37, 53), (40, 40), (37, 53)]):
+        path = tmp_path / f"m{i}.png"
+        Image.fromarray(SyntheticShapes(1, seed=i, size=64)[0][0][:size[0], :size[1]]).save(path)
+        images.append(str(path))
+    code, out, _ = run(["predict", "--weights", str(trained / "checkpoint.npz"), "--out",
+                        str(tmp_path / "p"), *images], capsys)
+    assert code == 0 and "3 images in" in out and "images/s" in out
+
+
+def test_train_with_workers_logs_the_same_losses(trained, tmp_path, capsys):
+    code, _, _ = run(["train", *TINY_TRAIN, "--workers", "2", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    logs = [[r.get("loss") for r in map(json.loads, open(d / "log.jsonl")) if "loss" in r]
+            for d in (trained, tmp_path)]
+    n = min(map(len, logs))            # the fixture's run may have been resumed further
+    assert n and logs[0][:n] == logs[1][:n]
+
+
 def test_train_on_a_voc_directory(voc, tmp_path, capsys):
     code, out, err = run(["train", "--data", str(voc), "--num-classes", "5", "--iters", "2",
                           "--val-interval", "2", "--no-progress", "--out", str(tmp_path)],

@@ -154,3 +154,29 @@ def test_max_pool_propagates_nan(rng):
 
     from minifcn.kernels.cpu import pool
     check_device(rng, pool.max_pool2d, pool.max_pool2d_backward, np.asarray, np.float32)
+
+
+def test_small_ops_run_on_one_thread_and_restore_the_pools():
+    """Below SMALL_FLOPS a kernel runs with one Numba thread and one BLAS thread; the thread
+    counts come back afterwards, also when the block raises; big ops keep every thread."""
+    import numba
+    from threadpoolctl import threadpool_info
+    from minifcn.kernels.cpu import threads
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread here already")
+    n = numba.get_num_threads()
+    blas = threads._blas_lib()
+    nb = blas.num_threads if blas else None
+    seen = []
+    with threads.one_thread_if_small(threads.SMALL_FLOPS / 2):
+        seen.append(numba.get_num_threads())
+        if blas:
+            assert {i["num_threads"] for i in threadpool_info()
+                    if i["filepath"] == blas.filepath} == {1}
+    with pytest.raises(RuntimeError):
+        with threads.one_thread_if_small(1.0):
+            raise RuntimeError
+    with threads.one_thread_if_small(threads.SMALL_FLOPS * 2):
+        seen.append(numba.get_num_threads())
+    assert seen == [1, n] and numba.get_num_threads() == n
+    assert not blas or blas.num_threads == nb

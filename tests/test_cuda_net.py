@@ -196,9 +196,9 @@ def test_forward_backward_equal_cpu(rng, gpu_like_arrays):
     x = feed(rng)
     cpu, gpu = skip_net().to("cpu"), skip_net().to("cuda")
     assert gpu.layers["up2c"].offset == (1, 1) and gpu.layers["score"].offset == (2, 2)
-    loss_cpu, dx_cpu = cpu.forward(**x), cpu.backward()
+    loss_cpu, dx_cpu = cpu.forward(**x), cpu.backward(keep=True)    # blobs compared below
     gpu_like_arrays.clear()
-    loss_gpu, dx_gpu = gpu.forward(**x), gpu.backward()
+    loss_gpu, dx_gpu = gpu.forward(**x), gpu.backward(keep=True)
     assert sorted(gpu_like_arrays.up) == sorted([x["data"].size, x["label"].size])
     assert gpu_like_arrays.down == [3]        # the loss: its three sums, nothing else
     assert isinstance(loss_gpu, float) and is_dev(dx_gpu)

@@ -257,6 +257,42 @@ def test_loader_rng_is_reproducible_and_resumable():
     assert not np.array_equal(other[0], a[0][0])
 
 
+def test_loader_workers_give_the_same_batches_state_and_epochs():
+    """workers=N decodes batches ahead in threads: the same batches in the same order as
+    workers=0, epochs that end in the same place, a state_dict as of the batches handed out
+    (resuming from it, with or without workers, continues the same stream)."""
+    ds = SyntheticShapes(7, seed=0, size=(16, 24))
+    kw = dict(batch_size=2, seed=5, crop=12, mirror=True)
+    plain = Loader(ds, **kw)
+    want = [b for _, b in zip(range(9), plain.forever())]
+    for workers in (1, 3):
+        loader = Loader(ds, workers=workers, **kw)
+        epoch = list(loader)                       # one epoch: 4 batches, the last of 1 item
+        assert len(epoch) == 4 and len(epoch[-1][0]) == 1 and loader.epoch == 1
+        got = epoch + [next(iter(loader)) for _ in range(2)]
+        state = json.loads(json.dumps(loader.state_dict()))
+        resumed = Loader(ds, workers=1 - (workers > 1), **dict(kw, seed=99))
+        resumed.load_state_dict(state)
+        got += [b for _, b in zip(range(3), resumed.forever())]
+        loader.close()
+        resumed.close()
+        assert loader._pool is None and len(got) == len(want)
+        for (xa, ya), (xb, yb) in zip(want, got):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+
+
+def test_loader_workers_stop_on_a_bad_item():
+    """A batch that fails raises in the caller, as without workers, and the workers stop."""
+    loader = Loader(ListDataset([pair(6, 8), pair(7, 8)] * 3), batch_size=2, shuffle=False,
+                    workers=2)
+    with pytest.raises(ValueError, match=r"batch_size=2.*6x8.*7x8"):
+        next(iter(loader))
+    assert loader._pool is None and not loader._ahead
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        Loader(ListDataset([pair(6, 8)]), workers=-1)
+
+
 def test_atomic_write_leaves_old_file_or_new_one(tmp_path):
     """minifcn.files.atomic_write, behind every file minifcn writes: a save that fails
     midway leaves the old file as it was and no temporary file; one that succeeds replaces

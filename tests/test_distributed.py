@@ -132,7 +132,7 @@ def test_loss_shares_sum_to_the_global_gradient(normalize, weights, rng):
         net = share_net(normalize, weights)
         net.forward(data=x[s], label=y[s])
         seeds, combined = D.loss_share(net, FakeComm(r, 2, totals=totals))
-        net.backward(seeds, input_grads=False)
+        net.backward(seeds, input_grads=False, keep=True)        # a second one follows
         grad = grad + net.grads()["conv.weight"]
         net.backward({"loss": 0.5}, input_grads=False)
         naive = naive + net.grads()["conv.weight"]

@@ -221,3 +221,35 @@ def test_timings_recorded(rng):
     assert set(net.timings) == set(net.layers)
     assert all(f >= 0 and b >= 0 for f, b in net.timings.values())
     assert net.timings["conv2"][1] > 0
+
+
+def test_backward_drops_blobs_and_saved_state_with_the_gradients_unchanged(rng):
+    """Backward frees what no later step of it reads (the blobs behind it, each layer's saved
+    arrays), keeping the inputs and outputs; the gradients are those of a keep-all pass, and
+    keep=True / keep=[names] keep every blob / those. A keep-all net may run backward twice."""
+    x = {"data": rng.standard_normal((2, 3, 13, 11)),
+         "label": rng.integers(0, 3, (2, 13, 11))}
+    nets = {}
+    for keep in (True, False, ["pool1", "fuse"]):
+        net = skip_net(seed=1).astype(np.float64).eval()
+        randomize_biases(net, np.random.default_rng(5))
+        net.forward(**x)
+        made = set(net.blobs)
+        dx = net.backward(keep=keep)
+        nets[str(keep)] = (net, dx, made)
+    full, dx_full, made = nets["True"]
+    assert set(full.blobs) == made and full.layers["conv1"].x is not None
+    np.testing.assert_array_equal(full.backward(keep=True), dx_full)     # again: the same
+    for keep, want in (("False", set()), ("['pool1', 'fuse']", {"pool1", "fuse"})):
+        net, dx, _ = nets[keep]
+        assert set(net.blobs) == {"data", "label", "loss"} | want, keep
+        for name in ("conv1", "up2", "pool1", "relu1", "loss"):
+            layer = net.layers[name]
+            assert all(getattr(layer, k) is None for k in layer.saved) and layer.saved, name
+        np.testing.assert_array_equal(dx, dx_full)
+        for k, g in full.grads().items():
+            np.testing.assert_array_equal(net.grads()[k], g, err_msg=k)
+        for b in want:
+            np.testing.assert_array_equal(net.blobs[b], full.blobs[b])
+        with pytest.raises(ValueError, match="second backward needs forward again"):
+            net.backward()

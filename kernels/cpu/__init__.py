@@ -8,6 +8,7 @@ planes with prange. One concept a file, each beside its twin section of kernels/
   pointwise.py  relu, dropout; LRN                                         (pointwise, lrn)
   loss.py       softmax cross-entropy                                                 (loss)
   solver.py     SGD and Adam steps, in place                                        (solver)
+  threads.py    small convolutions on one thread (fork/join costs on shared cores)
 
 The dispatcher (kernels/__init__.py) looks every op up by name on this package; any op not
 defined here (crop, eltwise sums, dropout's backward, the array chores, scoring) falls back to

@@ -19,6 +19,7 @@ from numba import njit, prange
 
 from ..geometry import conv_out, deconv_out
 from . import winograd     # looked up at call time: tests swap its functions to count calls
+from .threads import one_thread_if_small
 from .im2col import (_as_cols, _col2im, _flipped_weight, _gemm_into, _im2col, _scratch_matrix,
                      _tiles)
 
@@ -52,7 +53,19 @@ def _is_pointwise(kh, kw, stride, pad):
     return kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
 
 
+def _flops(x_shape, w_shape, out_hw):
+    return 2.0 * x_shape[0] * w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3] * out_hw[0] * \
+        out_hw[1]
+
+
 def conv2d(x, w, b, stride, pad, dilation, groups):
+    Ho = conv_out(x.shape[2], w.shape[2], stride[0], pad[0], dilation[0])
+    Wo = conv_out(x.shape[3], w.shape[3], stride[1], pad[1], dilation[1])
+    with one_thread_if_small(_flops(x.shape, w.shape, (Ho, Wo))):
+        return _conv2d(x, w, b, stride, pad, dilation, groups)
+
+
+def _conv2d(x, w, b, stride, pad, dilation, groups):
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape
     Ho = conv_out(H, kh, stride[0], pad[0], dilation[0])
@@ -95,6 +108,11 @@ def _dx_as_conv(x_shape, w_shape, dout_shape, stride, pad, dilation):
 
 
 def conv2d_backward(dout, x, w, stride, pad, dilation, groups, need_dx=True, need_dw=True):
+    with one_thread_if_small(_flops(x.shape, w.shape, dout.shape[2:])):     # as forward
+        return _conv2d_backward(dout, x, w, stride, pad, dilation, groups, need_dx, need_dw)
+
+
+def _conv2d_backward(dout, x, w, stride, pad, dilation, groups, need_dx=True, need_dw=True):
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape
     Ho, Wo = dout.shape[2:]

@@ -13,7 +13,8 @@ from .. import functional as F
 from .report import report, targets, write_json
 from .rows import best_of, layers_total_ms
 from .sections import SECTIONS, runs_on, settings, simulator_settings
-from .timing import cuda_ready, machine_info, set_threads, sgemm_gflops
+from .timing import (cuda_ready, machine_info, restart_without_blas_env, set_threads,
+                     sgemm_gflops)
 from .torch_side import torch_available
 from .workers import TorchProcess, worker_main
 from ..cliargs import out_file, positive_int
@@ -183,6 +184,8 @@ def main(args):
 
 def cli(argv=None):
     """`python -m minifcn.bench` (how the bench starts its worker processes)."""
+    if argv is None:                # a command line (not a test calling in): a clean BLAS
+        restart_without_blas_env()
     ap = argparse.ArgumentParser(prog="python -m minifcn.bench")
     add_arguments(ap)
     return main(ap.parse_args(argv))

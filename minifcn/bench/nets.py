@@ -71,6 +71,7 @@ def time_steps(net, solver, x, lab, repeat, warmup, sync):
     timed = samples[warmup:]
     ms = {n: [statistics.median(s[n][0] for s in timed) * 1e3,
               statistics.median(s[n][1] for s in timed) * 1e3] for n in timed[0]}
+    net.forward(data=x, label=lab)           # backward dropped the blobs: their shapes again
     blobs = blob_shapes(net)
     shapes = {n: list(blobs[net.tops[n][0]]) for n in net.layers if net.tops[n][0] in blobs}
     return t, {"ms": ms, "shapes": shapes}

@@ -1,7 +1,8 @@
 """How a figure is taken: warm-up calls, then the median of timed runs; our arrays placed on
 the device once and the device synchronised before each clock read; the machine the figures
 were measured on (CPU, threads, Numba's threading layer, and the BLAS kernel numpy calls --
-on some machines an OPENBLAS_CORETYPE setting silently halves OpenBLAS's speed)."""
+on some machines an OPENBLAS_CORETYPE setting silently halves OpenBLAS's speed, so the
+bench restarts itself without it: restart_without_blas_env)."""
 from __future__ import annotations
 
 import datetime
@@ -64,6 +65,39 @@ def cuda_ready():
     return True, cuda.SIM
 
 
+# ----------------------------------------------------------------------------- BLAS settings
+# OpenBLAS reads these once, when numpy loads it: OPENBLAS_CORETYPE forces a kernel (Haswell's
+# on a newer CPU: VGG16's convolutions measured 1.11x PyTorch's time with it, 1.04x without),
+# OPENBLAS_L2_SIZE its blocking. So that the bench measures the same whatever the shell says,
+# `minifcn bench` restarts itself once without them and reports what they were.
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_UNSET = "MINIFCN_BENCH_UNSET_BLAS_ENV"     # what the restart removed, for the report
+
+
+def restart_without_blas_env():
+    """Re-exec this command (the same interpreter and arguments) without BLAS_ENV, if any of
+    them is set; returns only when none is. MINIFCN_BENCH_KEEP_BLAS_ENV=1 keeps them."""
+    found = {k: os.environ[k] for k in BLAS_ENV if k in os.environ}
+    if not found or os.environ.get("MINIFCN_BENCH_KEEP_BLAS_ENV") == "1":
+        return
+    env = {k: v for k, v in os.environ.items() if k not in found}
+    env[_UNSET] = ", ".join(f"{k}={v}" for k, v in found.items())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+def blas_env_note():
+    """The BLAS settings of this process, as the report states them."""
+    note = {k: os.environ[k] + (" (kept: MINIFCN_BENCH_KEEP_BLAS_ENV=1)"
+                                if os.environ.get("MINIFCN_BENCH_KEEP_BLAS_ENV") == "1"
+                                else " (in effect: this run was not restarted without it)")
+            for k in BLAS_ENV if k in os.environ}
+    if os.environ.get(_UNSET):
+        note["unset by the bench"] = os.environ[_UNSET]
+    return note
+
+
 def set_threads(n):
     """Numba's and numpy's BLAS thread counts (PyTorch's is set in its own process)."""
     import numba
@@ -91,9 +125,9 @@ def machine_info():
         layer = numba.threading_layer()
     except ValueError:                      # no parallel kernel has run yet
         layer = "not yet initialised"
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
-                                      "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
                                       "NUMBA_THREADING_LAYER") if k in os.environ}
+    env.update(blas_env_note())
     cpu_mod = sys.modules.get("minifcn.kernels.cpu")
     if "OMP_WAIT_POLICY" in env and cpu_mod and not cpu_mod._USER_WAIT_POLICY:
         env["OMP_WAIT_POLICY"] += " (set by minifcn's cpu kernels)"
