@@ -131,6 +131,9 @@ def test_output_paths_that_can_be_made_are_accepted_and_not_made(tmp_path):
     assert cliargs.out_file(str(deep / "r.json")) == str(deep / "r.json")
     with pytest.raises(argparse.ArgumentTypeError, match="empty"):
         cliargs.out_dir("")
+    assert cliargs.nonneg_int("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match=">= 0"):
+        cliargs.nonneg_int("-1")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
