@@ -116,10 +116,12 @@ def _train(a, held):
     status = trainer.run(a.iters, max_seconds=None if a.minutes is None else a.minutes * 60)
     say(f"training {status} at iteration {trainer.solver.iter}; checkpoint "
         f"{trainer.checkpoint_path}" + (f" ({comm.size} ranks)" if comm else ""))
-    if val is not None:
-        from .train import evaluate
-        with distributed.abort_on_error(comm, "in the final evaluation"):
-            scores = evaluate(net, val, num_classes, comm=comm)
+    if val is not None:                  # the run's own last validation, if it is of now
+        done, scores = trainer.last_val or (None, None)
+        if done != trainer.solver.iter:
+            from .train import evaluate
+            with distributed.abort_on_error(comm, "in the final evaluation"):
+                scores = evaluate(net, val, num_classes, comm=comm)
         say(_metrics_line(scores))
     return EXIT_INTERRUPTED if status == "interrupted" else 0
 
@@ -135,7 +137,7 @@ def _train_setup(a, comm):
               if a.val_split else (None, None))
     if a.crop is None and a.batch > 1 and a.data != "synthetic":
         raise UsageError("--batch > 1 needs images of one size: give --crop H W (or --batch 1)")
-    net = build_model(a.model, num_classes, loss=True,
+    net = build_model(a.model, num_classes, loss=True, seed=a.seed,    # --seed: weights too
                       **({"normalize": a.normalize} if a.normalize else {}))
     if a.class_weights is not None:
         problem = T.check_class_weights(a.class_weights, num_classes)
@@ -220,12 +222,24 @@ def cmd_eval(a):
     if comm is not None and comm.rank != 0:
         return 0
     names = getattr(dataset, "class_names", None) or a.class_names
+    if names is not None and len(names) != num_classes:
+        names = None
     print(metrics.format_table(scores, names))
+    if a.json:
+        metrics.save_json(a.json, scores, names)
+        print(f"scores in {a.json}")
+    if a.plots:
+        hist = scores["confusion"].hist
+        viz.save_confusion(hist, os.path.join(a.plots, "confusion.png"), names)
+        viz.save_class_iu(scores["per_class_iu"], os.path.join(a.plots, "per_class_iu.png"),
+                          names)
+        print(f"confusion.png and per_class_iu.png in {a.plots}")
     if a.overlays:
         for i in range(min(a.n_overlays, len(dataset))):
             img, label = dataset[i]
             pred = _predict_image(net, img, a.preprocess["mean"])
-            viz.save_overlay(img, pred, os.path.join(a.overlays, f"{i:04d}.png"), truth=label)
+            viz.save_overlay(img, pred, os.path.join(a.overlays, f"{i:04d}.png"), truth=label,
+                             class_names=names)
         print(f"overlays (image | truth | prediction) in {a.overlays}")
     return 0
 
@@ -366,6 +380,10 @@ def make_parser():
     e.add_argument("--overlays", type=T.out_dir, help="write image|truth|prediction PNGs here")
     e.add_argument("--n-overlays", type=T.positive_int, default=8,
                    help="how many overlays --overlays gets (default 8)")
+    e.add_argument("--json", type=T.out_file, metavar="PATH", help="write the four metrics, "
+                   "per-class IU and the confusion matrix to this JSON file")
+    e.add_argument("--plots", type=T.out_dir, metavar="DIR", help="write confusion.png and "
+                   "per_class_iu.png here")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("predict", help="segment images of any size")

@@ -20,13 +20,15 @@ is undefined even if it was wrongly predicted -- that mistake still lowers the I
 """
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 
 from . import functional as F
+from .files import atomic_write_text
 
-__all__ = ["fast_hist", "ConfusionMatrix", "scores_from_hist", "format_table"]
+__all__ = ["fast_hist", "ConfusionMatrix", "scores_from_hist", "format_table", "save_json"]
 
 
 def fast_hist(gt, pred, n):
@@ -147,3 +149,18 @@ def format_table(scores, class_names=None):
                        ("mean_iu", "mean IU"), ("fw_iu", "f.w. IU")):
         lines.append(f"{label:<{width}}  {pct(scores[key])}")
     return "\n".join(lines)
+
+
+def save_json(path, scores, class_names=None):
+    """Write evaluate()'s scores as JSON (atomically): the four metrics, per-class IU by
+    class name (null: a class never seen, 0/0) and the confusion matrix (rows: ground truth,
+    columns: prediction, pixel counts)."""
+    def num(v):
+        return None if np.isnan(v) else float(v)
+    iu = [num(v) for v in scores["per_class_iu"]]
+    names = [str(c) for c in class_names] if class_names is not None else \
+        [f"class {i}" for i in range(len(iu))]
+    out = {k: num(scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
+    out.update(class_names=names, per_class_iu=dict(zip(names, iu)),
+               confusion=np.asarray(scores["confusion"].hist).tolist())
+    atomic_write_text(path, json.dumps(out, indent=1) + "\n")

@@ -359,6 +359,7 @@ class Trainer:
         self.checkpoint_path = os.path.join(out_dir, "checkpoint.npz")
         self.log_path = os.path.join(out_dir, "log.jsonl")
         self.history: list[dict] = []
+        self.last_val = None                 # (iteration, evaluate()'s scores)
         self.comm, self.reducer, self._together = distributed.wrap(comm), None, False
         self.is_root = self.comm is None or self.comm.rank == 0     # writes the files
         if self.comm is not None:
@@ -466,7 +467,11 @@ class Trainer:
         return loss
 
     def validate(self):
-        scores = evaluate(self.net, self.val_data, self.num_classes, comm=self.comm)
+        """Scores on val_data (a progress bar while it runs); kept as self.last_val (with
+        its iteration), so a caller that wants the final scores need not evaluate again."""
+        scores = evaluate(self.net, self.val_data, self.num_classes, comm=self.comm,
+                          progress=self.progress and self.is_root)
+        self.last_val = (self.solver.iter, scores)
         return {k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "loss")}
 
     def _log(self, record):
@@ -513,7 +518,7 @@ class Trainer:
         start, status, self._stop = time.perf_counter(), "done", False
         bar = tqdm(total=iters, initial=self.solver.iter, disable=not (self.progress and
                                                                        self.is_root),
-                   desc="train", dynamic_ncols=True)
+                   desc="train", dynamic_ncols=True, smoothing=0)   # ETA: all steps so far
         recent, last_iu = [], None
         try:
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
