@@ -466,11 +466,12 @@ def _bad_input():
     keeps its traceback."""
     from .data import DatasetError
     from .distributed import MPISetupError
+    from .files import BadFileError
     from .kernels import DeviceUnavailable
     from .runlock import LockHeld
     from .train import TrainingDiverged
-    return (ValueError, OSError, DatasetError, DeviceUnavailable, TrainingDiverged,
-            MPISetupError, LockHeld)
+    return (ValueError, OSError, BadFileError, DatasetError, DeviceUnavailable,
+            TrainingDiverged, MPISetupError, LockHeld)
 
 
 def _verb(argv):

@@ -18,6 +18,7 @@ import argparse
 import os
 import time
 
+from . import cliargs as T
 from . import metrics, models, train, viz
 from .data import Loader, preprocess, synthetic_splits
 
@@ -28,28 +29,38 @@ QUICK = dict(steps=600, n_train=400, target=0.6)
 BATCH, CROP, LR, N_VAL, VALIDATIONS = 8, 64, 3e-3, 100, 6
 
 
-def main(argv=None):
+def make_parser():
+    """The demo's flags, each checked by its type (minifcn.cliargs)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps instead of "
                     f"{FULL['steps']}: about a minute, a lower mean IU")
-    ap.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    ap.add_argument("--device", choices=["numpy", "cpu", "cuda"], default="cpu")
+    ap.add_argument("--out", type=T.out_dir, default="runs/demo",
+                    help="output folder (default runs/demo)")
+    ap.add_argument("--device", choices=["numpy", "cpu", "cuda"], default="cpu",
+                    help="where the kernels run (default cpu)")
     ap.add_argument("--minutes", type=float, help=argparse.SUPPRESS)   # gone: see below
     # Smaller settings, for the tests (the schedule stays fixed and seeded):
-    ap.add_argument("--steps", type=int, help="training steps (default: the fixed schedule)")
-    ap.add_argument("--n-train", type=int, help="synthetic training images")
-    ap.add_argument("--n-val", type=int, default=N_VAL, help="held-out images")
-    ap.add_argument("--batch", type=int, default=BATCH)
-    ap.add_argument("--crop", type=int, default=CROP, help="square training crop side")
-    ap.add_argument("--n-overlays", type=int, default=8)
+    ap.add_argument("--steps", type=T.positive_int,
+                    help="training steps (default: the fixed schedule)")
+    ap.add_argument("--n-train", type=T.positive_int, help="synthetic training images")
+    ap.add_argument("--n-val", type=T.positive_int, default=N_VAL, help="held-out images")
+    ap.add_argument("--batch", type=T.positive_int, default=BATCH,
+                    help=f"images per step (default {BATCH})")
+    ap.add_argument("--crop", type=T.positive_int, default=CROP,
+                    help="square training crop side")
+    ap.add_argument("--n-overlays", type=T.nonneg_int, default=8,
+                    help="held-out overlays to draw (default 8)")
+    return ap
+
+
+def main(argv=None):
+    ap = make_parser()
     a = ap.parse_args(argv)
     if a.minutes is not None:
         ap.error("--minutes is gone: the demo is now a fixed, seeded schedule (the same "
                  "result on every machine; a slower one takes longer); --quick for a short look")
     plan = QUICK if a.quick else FULL
     steps, n_train = a.steps or plan["steps"], a.n_train or plan["n_train"]
-    if min(steps, n_train, a.n_val, a.batch, a.crop) < 1 or a.n_overlays < 0:
-        ap.error("--steps, --n-train, --n-val, --batch and --crop must be >= 1")
 
     train_set, val_set = synthetic_splits(n_train, a.n_val, seed=SEED, num_classes=NUM_CLASSES)
     print(f"data: {len(train_set)} training and {len(val_set)} held-out synthetic images "

@@ -131,6 +131,9 @@ def test_output_paths_that_can_be_made_are_accepted_and_not_made(tmp_path):
     assert cliargs.out_file(str(deep / "r.json")) == str(deep / "r.json")
     with pytest.raises(argparse.ArgumentTypeError, match="empty"):
         cliargs.out_dir("")
+    assert cliargs.nonneg_int("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match=">= 0"):
+        cliargs.nonneg_int("-1")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
@@ -270,3 +273,13 @@ def test_the_verb_in_the_error_line():
     assert cli._verb(["--device", "cpu"]) == "minifcn"
     assert cli._verb(["predict", "--out", "x"]) == "minifcn predict"
     assert cli._verb(["nope"]) == "minifcn"
+
+
+@pytest.mark.parametrize("argv,flag", [(["--n-overlays", "-1"], "--n-overlays"),
+                                       (["--batch", "0"], "--batch"),
+                                       (["--steps", "nan"], "--steps")])
+def test_the_demo_refuses_a_bad_number_by_name(argv, flag, capsys):
+    from minifcn import demo
+    with pytest.raises(SystemExit) as e:
+        demo.main(argv)
+    assert e.value.code == 2 and f"argument {flag}: " in capsys.readouterr().err
