@@ -26,7 +26,7 @@ NUM_CLASSES, SEED = 5, 0
 # (steps, training images, what it gave): chosen by measurement, see benchmarks/RESULTS.md
 FULL = dict(steps=1000, n_train=400, target=0.85)
 QUICK = dict(steps=600, n_train=400, target=0.6)
-BATCH, CROP, LR, N_VAL, VALIDATIONS = 8, 64, 3e-3, 100, 6
+BATCH, CROP, LR, N_VAL, VALIDATIONS = 8, 64, 3e-3, 100, 5
 
 
 def make_parser():
@@ -53,6 +53,14 @@ def make_parser():
     return ap
 
 
+def describe_model(dataset):
+    """What the checkpoint records, so `minifcn eval` and `predict` need not be told."""
+    from .data import VOC_MEAN_BGR
+    return {"name": "fcn8s_tiny", "num_classes": NUM_CLASSES,
+            "class_names": list(dataset.class_names),
+            "preprocess": {"mean": list(VOC_MEAN_BGR), "channels": "BGR", "scale": 1.0}}
+
+
 def main(argv=None):
     ap = make_parser()
     a = ap.parse_args(argv)
@@ -76,7 +84,8 @@ def main(argv=None):
     if os.path.exists(log):                  # a fresh run: its own curves, not appended ones
         os.remove(log)
     trainer = train.Trainer(net, solver, loader, a.out, val_data=val_set,
-                            num_classes=NUM_CLASSES, val_interval=max(1, steps // VALIDATIONS))
+                            num_classes=NUM_CLASSES, val_interval=max(1, steps // VALIDATIONS),
+                            model_info=describe_model(train_set))
     print(f"schedule: {steps} steps of {a.batch} {a.crop}x{a.crop} crops (mirrored), Adam lr "
           f"{LR} with poly decay, validated every {trainer.val_interval} steps"
           + ("" if a.steps else f"; expect held-out mean IU >= {plan['target']}"))
@@ -109,8 +118,8 @@ def main(argv=None):
     print(f"\nwrote {a.out}/: curves.png, confusion.png, per_class_iu.png, scores.json, "
           f"log.jsonl, checkpoint.npz and {n_over} overlays (image | truth | prediction) "
           f"in overlays/")
-    print(f"next: minifcn eval --model fcn8s_tiny --num-classes {NUM_CLASSES} --weights "
-          f"{a.out}/checkpoint.npz --plots {a.out}/eval --json {a.out}/eval/scores.json")
+    print(f"next: minifcn eval --weights {a.out}/checkpoint.npz --plots {a.out}/eval "
+          f"--json {a.out}/eval/scores.json   (the checkpoint names its model and classes)")
     return 0
 
 

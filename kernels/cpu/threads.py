@@ -32,11 +32,13 @@ def _blas_lib():
 def one_thread_if_small(flops):
     """Run the block on one thread when `flops` is below SMALL_FLOPS (a few microseconds to
     switch both pools), else as it is."""
-    if flops >= SMALL_FLOPS or numba.get_num_threads() == 1:
+    # Both pools are checked: with Numba on one thread but OpenBLAS on two, a small GEMM would
+    # still be split, and its float sums (so a seeded run's result) would depend on the count.
+    lib, n = _blas_lib(), numba.get_num_threads()
+    nb = lib.num_threads if lib else 1
+    if flops >= SMALL_FLOPS or (n == 1 and nb == 1):
         yield
         return
-    lib, n = _blas_lib(), numba.get_num_threads()
-    nb = lib.num_threads if lib else None
     numba.set_num_threads(1)
     if lib:
         lib.set_num_threads(1)
