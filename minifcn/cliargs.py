@@ -78,13 +78,6 @@ def nonneg_int(text):
     return v
 
 
-def nonneg_int(text):
-    v = _number(text, int)
-    if v < 0:
-        raise ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
 def seed(text):
     v = _number(text, int)
     if not 0 <= v < MAX_SEED:
