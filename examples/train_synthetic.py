@@ -33,8 +33,8 @@ def main(argv=None):
     solver = train.Adam(net, lr=a.lr, weight_decay=5e-4, policy="poly", max_iter=a.iters)
     trainer = train.Trainer(net, solver, loader, a.out, val_data=val_set,
                             num_classes=train_set.num_classes, val_interval=max(1, a.iters // 4),
-                            model_info={"name": a.model, "num_classes": train_set.num_classes,
-                                        "class_names": list(train_set.class_names)})
+                            model_info=train.model_info(a.model, train_set.num_classes,
+                                                        train_set.class_names))
     trainer.run(a.iters)
 
     scores = train.evaluate(net, val_set, train_set.num_classes)

@@ -151,7 +151,8 @@ def _train_setup(a, comm):
         report = import_torchvision_vgg16(net, load_torch_state_dict(a.vgg16))
         say(f"imported VGG16 weights from {a.vgg16}: {report}")
     net.to(a.device)
-    described = _describe(a.model, num_classes, dataset)     # before it becomes a list
+    # what the checkpoint will say it holds (read before the dataset becomes a list)
+    described = train.model_info(a.model, num_classes, getattr(dataset, "class_names", None))
     if a.data == "synthetic":                # generated on the fly: hold it in memory
         dataset = [dataset[i] for i in range(len(dataset))]
     loader = data.Loader(dataset, batch_size=a.batch, seed=a.seed, workers=a.workers,
@@ -169,15 +170,6 @@ def _train_setup(a, comm):
         info = trainer.resume(path)
         say(f"resumed from {path} at iteration {info['iter']}")
     return trainer, net, val, num_classes
-
-
-def _describe(model, num_classes, dataset):
-    """What a training checkpoint records of its model, so eval and predict need not be told."""
-    from .data import VOC_MEAN_BGR
-    names = getattr(dataset, "class_names", None)
-    return {"name": model, "num_classes": int(num_classes),
-            **({"class_names": list(names)} if names and len(names) == num_classes else {}),
-            "preprocess": {"mean": list(VOC_MEAN_BGR), "channels": "BGR", "scale": 1.0}}
 
 
 def _resolve(a):
@@ -254,9 +246,9 @@ def cmd_predict(a):
     if a.prototxt:
         from .caffe import commands
         return commands.predict(a)
-    from .inference import Model, check_out_dir, image_list, predict_files
-    image_list(a.images)                     # every input exists, before any work
-    check_out_dir(a.out)
+    from .inference import Model, image_list, predict_files
+    # every input exists, before any work (--out was checked by its type, cliargs.out_dir)
+    image_list(a.images)
     _resolve(a)
     if a.num_classes is None:
         raise UsageError(f"{a.weights} does not say how many classes its "

@@ -53,14 +53,6 @@ def make_parser():
     return ap
 
 
-def describe_model(dataset):
-    """What the checkpoint records, so `minifcn eval` and `predict` need not be told."""
-    from .data import VOC_MEAN_BGR
-    return {"name": "fcn8s_tiny", "num_classes": NUM_CLASSES,
-            "class_names": list(dataset.class_names),
-            "preprocess": {"mean": list(VOC_MEAN_BGR), "channels": "BGR", "scale": 1.0}}
-
-
 def main(argv=None):
     ap = make_parser()
     a = ap.parse_args(argv)
@@ -85,7 +77,8 @@ def main(argv=None):
         os.remove(log)
     trainer = train.Trainer(net, solver, loader, a.out, val_data=val_set,
                             num_classes=NUM_CLASSES, val_interval=max(1, steps // VALIDATIONS),
-                            model_info=describe_model(train_set))
+                            model_info=train.model_info("fcn8s_tiny", NUM_CLASSES,
+                                                       train_set.class_names))
     print(f"schedule: {steps} steps of {a.batch} {a.crop}x{a.crop} crops (mirrored), Adam lr "
           f"{LR} with poly decay, validated every {trainer.val_interval} steps"
           + ("" if a.steps else f"; expect held-out mean IU >= {plan['target']}"))

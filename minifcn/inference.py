@@ -241,14 +241,14 @@ def output_names(images, out):
 
 
 def check_out_dir(out, flag="--out"):
-    """out is (or can be made) a writable folder; checked before the work, made after."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"{flag} {out} is a file, not a folder")
-    probe = os.path.abspath(out)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {out}: cannot write in {probe}")
+    """out is (or can be made) a writable folder; checked before the work, made after. The
+    CLI's own check (cliargs.out_dir), as a ValueError naming `flag` for API callers."""
+    from argparse import ArgumentTypeError
+    from .cliargs import out_dir
+    try:
+        out_dir(os.fspath(out))
+    except ArgumentTypeError as e:
+        raise ValueError(f"{flag} {e}") from None
 
 
 def save_mask(mask, path, num_classes):

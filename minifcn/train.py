@@ -215,6 +215,18 @@ def _rng_states(net, extra):
     return states
 
 
+def model_info(name, num_classes, class_names=None, mean=None):
+    """What a training checkpoint records of its model (save_checkpoint's `model`; read back
+    by describe), with the preprocessing the trainer applies: a mean subtracted in BGR order,
+    no scaling. Class names are kept only when there is one per class."""
+    from .data import VOC_MEAN_BGR
+    names = list(class_names) if class_names is not None else []
+    return {"name": name, "num_classes": int(num_classes),
+            **({"class_names": names} if len(names) == num_classes else {}),
+            "preprocess": {"mean": [float(v) for v in (VOC_MEAN_BGR if mean is None else mean)],
+                           "channels": "BGR", "scale": 1.0}}
+
+
 def save_checkpoint(path, net, solver, loader=None, sample_rng=None, meta=None, model=None):
     """Weights, solver buffers, iteration and generator states in one .npz (atomic). model:
     what the net is ({"name", "num_classes", "class_names", "preprocess"}; see describe), so

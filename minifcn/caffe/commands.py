@@ -88,9 +88,9 @@ def _load(net, path, strict=True):
 
 def predict(a):
     from ..coordmap import blob_shapes
-    from ..inference import DEFAULT_PREPROCESS, Model, check_out_dir, image_list, predict_files
-    image_list(a.images)                     # every input exists, before any work
-    check_out_dir(a.out)
+    from ..inference import DEFAULT_PREPROCESS, Model, image_list, predict_files
+    # every input exists, before any work (--out was checked by its type, cliargs.out_dir)
+    image_list(a.images)
     net = open_net(a.prototxt, "test", a)
     if "data" not in net.inputs or len(net.inputs) != 1:
         raise ValueError(f"{a.prototxt}: predict needs a deploy net with one input 'data' "
