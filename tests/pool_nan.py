@@ -6,19 +6,23 @@ import numpy as np
 
 from minifcn.kernels import reference as R
 
-# x shape, kernel, stride, pad, ceil_mode: the cpu's 2x2 fast path (with a short last window)
-# and its general loop (overlapping, padded windows)
+# x shape, kernel, stride, pad, ceil_mode: the cpu's 2x2 fast path (with a short last window;
+# rows short and long, heights odd and even) and its general loop (overlapping, padded windows)
 CASES = [((1, 2, 7, 7), (2, 2), (2, 2), (0, 0), True),
+         ((1, 2, 7, 49), (2, 2), (2, 2), (0, 0), True),
+         ((1, 2, 6, 8), (2, 2), (2, 2), (0, 0), True),
          ((1, 2, 6, 5), (3, 3), (2, 2), (1, 1), True)]
 
 
 def nan_input(rng, shape, dtype):
     """Small integers (ties too) with NaNs: one at a plane's first pixel, two in one row,
-    a few at random, so that windows hold none, one, or several."""
+    one alone at a 2x2 window's last pixel, a few at random, so that windows hold none, one,
+    or several."""
     x = rng.integers(-3, 3, shape).astype(dtype)
     x[0, 0, 0, 0] = np.nan
     x[0, 1, 2, 1] = x[0, 1, 2, 2] = np.nan
     x[0, 1, 4, 3] = np.nan
+    x[0, 0, 3, 3] = np.nan                   # a 2x2 window's last pixel alone
     x.reshape(-1)[rng.choice(x.size, 3, replace=False)] = np.nan
     return x
 

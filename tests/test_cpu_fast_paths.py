@@ -120,10 +120,17 @@ def test_dense_deconv_is_not_diagonal(rng):
           F.conv_transpose2d(x, w, None, 2, 1, device="numpy"), np.float64)
 
 
-@pytest.mark.parametrize("h,w,ceil", [(6, 6, True), (7, 5, True), (7, 5, False), (1, 1, True)])
+# rows short and long (4, 50), heights even and odd
+@pytest.mark.parametrize("h,w,ceil", [(6, 6, True), (7, 5, True), (7, 5, False), (1, 1, True),
+                                      (4, 50, True), (5, 52, False)])
 def test_max_pool_2x2_ties_and_edges(rng, h, w, ceil):
-    """Ties (integer-valued inputs) go to the first pixel in scan order, as in the reference."""
+    """Ties (integer-valued inputs) go to the first pixel in scan order, as in the reference;
+    infinities pool as numbers (a window holding both sums to NaN but holds no NaN)."""
     x = rng.integers(0, 3, (2, 3, h, w)).astype(np.float32)
+    x[0, 1, 0, 0] = -np.inf
+    if h > 1 and w > 1:
+        x[0, 0, 0, :2] = np.inf, -np.inf
+        x[1, 2, 1, 0] = np.inf
     y, arg = F.max_pool2d(x, 2, 2, ceil_mode=ceil, device="cpu")
     yr, argr = F.max_pool2d(x, 2, 2, ceil_mode=ceil, device="numpy")
     np.testing.assert_array_equal(y, yr)
