@@ -164,8 +164,9 @@ def test_max_pool_propagates_nan(rng):
 
 
 def test_small_ops_run_on_one_thread_and_restore_the_pools():
-    """Below SMALL_FLOPS a kernel runs with one Numba thread and one BLAS thread; the thread
-    counts come back afterwards, also when the block raises; big ops keep every thread."""
+    """Below TINY_FLOPS a kernel runs with one Numba thread and one BLAS thread; up to
+    SMALL_FLOPS with one BLAS thread and matmul cut over Numba's threads; the thread counts
+    come back afterwards, also when the block raises; big ops keep every thread."""
     import numba
     from threadpoolctl import threadpool_info
     from minifcn.kernels.cpu import threads
@@ -175,15 +176,61 @@ def test_small_ops_run_on_one_thread_and_restore_the_pools():
     blas = threads._blas_lib()
     nb = blas.num_threads if blas else None
     seen = []
-    with threads.one_thread_if_small(threads.SMALL_FLOPS / 2):
-        seen.append(numba.get_num_threads())
-        if blas:
-            assert {i["num_threads"] for i in threadpool_info()
-                    if i["filepath"] == blas.filepath} == {1}
+    for flops in (threads.TINY_FLOPS / 2, threads.TINY_FLOPS * 2):
+        with threads.one_thread_if_small(flops):
+            seen.append((numba.get_num_threads(), threads._split))
+            if blas:
+                assert {i["num_threads"] for i in threadpool_info()
+                        if i["filepath"] == blas.filepath} == {1}
     with pytest.raises(RuntimeError):
         with threads.one_thread_if_small(1.0):
             raise RuntimeError
     with threads.one_thread_if_small(threads.SMALL_FLOPS * 2):
-        seen.append(numba.get_num_threads())
-    assert seen == [1, n] and numba.get_num_threads() == n
+        seen.append((numba.get_num_threads(), threads._split))
+    assert seen == [(1, 0), (n, n), (n, 0)] and numba.get_num_threads() == n
     assert not blas or blas.num_threads == nb
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (5, 4, 6), (1, 3, 1), (3, 2, 1)])
+def test_cut_matmul_is_the_same_bits_on_any_thread_count(rng, shape, monkeypatch):
+    """threads.matmul cuts a product the same way whatever the thread count: 1, 2 and 3
+    workers give one result, the product (a stack of matrices, a 2-D matrix, one column)."""
+    from minifcn.kernels.cpu import threads
+    a = rng.standard_normal(shape[:-2] + (4, shape[-2])).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(threads, "_split", n)
+        outs.append(threads.matmul(a, b, np.empty(shape[:-2] + (4, shape[-1]), np.float32)))
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    close(outs[0], a @ b, np.float32)
+
+
+def test_mid_sized_convs_are_the_same_bits_on_one_thread(rng):
+    """Convolutions between TINY_FLOPS and SMALL_FLOPS (fcn8s_tiny's, here Winograd and
+    im2col routes) run their GEMMs cut over the threads: forward and backward give the
+    same bits with Numba on one thread and on all, so a seeded run does not depend on it."""
+    import numba
+    from minifcn.kernels.cpu import conv, threads
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread here already")
+    cases = [((8, 16, 32, 32), (16, 16, 3, 3)), ((8, 64, 8, 8), (64, 64, 3, 3)),
+             ((8, 3, 64, 64), (16, 3, 3, 3))]
+    for xs, ws in cases:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        flops = conv._flops(xs, ws, xs[2:])
+        assert threads.TINY_FLOPS <= flops < threads.SMALL_FLOPS, (xs, flops)
+        runs = []
+        for n in (numba.get_num_threads(), 1):
+            before = numba.get_num_threads()
+            numba.set_num_threads(n)
+            try:
+                y = F.conv2d(x, w, None, pad=1, device="cpu")
+                runs.append((y, *F.conv2d_backward(y, x, w, pad=1, device="cpu")[:2]))
+            finally:
+                numba.set_num_threads(before)
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+        close(runs[0][0], F.conv2d(x, w, None, pad=1, device="numpy"), np.float32)

@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from ..geometry import conv_out, deconv_out
 from . import winograd     # looked up at call time: tests swap its functions to count calls
-from .threads import one_thread_if_small
+from .threads import matmul, one_thread_if_small
 from .im2col import (_as_cols, _col2im, _flipped_weight, _gemm_into, _im2col, _scratch_matrix,
                      _tiles)
 
@@ -157,15 +157,15 @@ def _conv2d_backward(dout, x, w, stride, pad, dilation, groups, need_dx=True, ne
                             col)
                 dst = dwm[g * Fg:(g + 1) * Fg]
                 if first:
-                    np.matmul(d, col.T, out=dst)
+                    matmul(d, col.T, out=dst)
                 else:
-                    dst += np.matmul(d, col.T, out=_scratch_matrix("c", Fg, K, w.dtype))
+                    dst += matmul(d, col.T, out=_scratch_matrix("c", Fg, K, w.dtype))
             if need_dx and dx_pad is None:
                 wg = wmat[g * Fg:(g + 1) * Fg]
                 if pointwise:
                     _gemm_into(wg.T, d, dx, n0, n1, g * Cg, Cg, r0, r1)
                 else:
-                    dcol = np.matmul(wg.T, d, out=_scratch_matrix("a", K, m, x.dtype))
+                    dcol = matmul(wg.T, d, out=_scratch_matrix("a", K, m, x.dtype))
                     _col2im(dcol, n0, n1, g * Cg, Cg, kh, kw, *stride, *pad, *dilation, r0,
                             r1, Wo, dx)
         first = False
@@ -262,7 +262,7 @@ def conv_transpose2d(x, w, b, stride, pad):
         x = np.ascontiguousarray(x)
         for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
             m = (n1 - n0) * (r1 - r0) * W
-            col = np.matmul(wmat_t, _as_cols(x, n0, n1, 0, C, r0, r1),
+            col = matmul(wmat_t, _as_cols(x, n0, n1, 0, C, r0, r1),
                             out=_scratch_matrix("a", K, m, x.dtype))
             _col2im(col, n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1, W, y)
     if b is not None:
@@ -298,8 +298,8 @@ def conv_transpose2d_backward(dout, x, w, stride, pad, need_dx=True, need_dw=Tru
             if need_dw:
                 xc = _as_cols(x, n0, n1, 0, C, r0, r1)
                 if first:
-                    np.matmul(xc, col.T, out=dwm)
+                    matmul(xc, col.T, out=dwm)
                 else:
-                    dwm += np.matmul(xc, col.T, out=_scratch_matrix("c", C, K, w.dtype))
+                    dwm += matmul(xc, col.T, out=_scratch_matrix("c", C, K, w.dtype))
             first = False
     return dx, (dwm.reshape(w.shape) if need_dw else None), _bias_grad(dout)

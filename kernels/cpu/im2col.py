@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ..geometry import row_tiles
+from .threads import matmul
 
 
 # ----------------------------------------------------------------------------- tiling budget
@@ -150,11 +151,11 @@ def _gemm_into(a, b, out, n0, n1, c0, C, r0, r1, bias=None):
     image; via a scratch matrix and a transposed copy when it holds several."""
     if n1 - n0 == 1:
         dst = _rows_view(out, n0, c0, C, r0, r1)
-        np.matmul(a, b, out=dst)
+        matmul(a, b, out=dst)
         if bias is not None:
             dst += bias[:, None]
         return
-    res = np.matmul(a, b, out=_scratch_matrix("b", a.shape[0], b.shape[1], out.dtype))
+    res = matmul(a, b, out=_scratch_matrix("b", a.shape[0], b.shape[1], out.dtype))
     if bias is not None:
         res += bias[:, None]
     out[n0:n1, c0:c0 + C] = res.reshape(C, n1 - n0, out.shape[2], out.shape[3]).transpose(

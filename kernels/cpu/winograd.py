@@ -10,6 +10,7 @@ from numba import njit, prange
 
 from ..geometry import row_tiles
 from .im2col import _flipped_weight, _scratch_matrix
+from .threads import matmul
 
 
 # ----------------------------------------------------------------------------- F(2x2, 3x3)
@@ -516,9 +517,9 @@ def _wino_conv(x, w, b, pad, groups, Ho, Wo, m=2, transpose=False):
             win(x, n0, n1, g * Cg, Cg, pad[0], pad[1], ty0, ty1, TW, V)
             if transpose:
                 for xi in range(16):
-                    np.matmul(U[_ROT[xi], g * Cg:(g + 1) * Cg].T, V[xi], out=M[xi])
+                    matmul(U[_ROT[xi], g * Cg:(g + 1) * Cg].T, V[xi], out=M[xi])
             else:
-                np.matmul(U[:, g * Fg:(g + 1) * Fg], V, out=M)
+                matmul(U[:, g * Fg:(g + 1) * Fg], V, out=M)
             wout(M, bias[g * Fg:(g + 1) * Fg] if bias.size else bias, n0, n1, g * Fg,
                  Fg, ty0, ty1, TW, y)
     return y
@@ -545,11 +546,11 @@ def _wino_dw(dout, x, w_shape, pad, groups, m=2):
             wdout(dout, n0, n1, g * Fg, Fg, ty0, ty1, TW, D)
             dst = dU[:, g * Fg:(g + 1) * Fg]
             if first:
-                np.matmul(D, V.transpose(0, 2, 1), out=dst)
+                matmul(D, V.transpose(0, 2, 1), out=dst)
             else:                            # one transformed plane at a time: small scratch
                 tmp = _scratch_matrix("c", Fg, Cg, x.dtype)
                 for xi in range(nxi):
-                    dst[xi] += np.matmul(D[xi], V[xi].T, out=tmp)
+                    dst[xi] += matmul(D[xi], V[xi].T, out=tmp)
         first = False
     if m == 2:
         dw = np.empty(w_shape, dtype=x.dtype)
