@@ -328,7 +328,9 @@ to_host = asarray       # on the host, "as this device holds it" is "as NumPy ho
 
 
 def zeros_like(a):
-    return np.zeros_like(a)
+    # np.zeros, not np.zeros_like: it takes zeroed pages from the OS (calloc) and touches none
+    # until they are written, where zeros_like writes every zero (537 MB for VGG16's grads)
+    return np.zeros(a.shape, a.dtype)
 
 
 def add(a, b):

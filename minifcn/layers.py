@@ -7,7 +7,10 @@ A layer is used by a Net (minifcn.net) through three things:
 Parameter gradients are written to layer.grads (added to them when accumulating over several
 backward passes, the reference's iter_size). lr_mult / decay_mult scale the solver's learning
 rate and weight decay per parameter (Caffe's convention: biases 2x lr and no decay); an
-lr_mult of 0 freezes a parameter, and its gradient is then never computed.
+lr_mult of 0 freezes a parameter, and its gradient is then never computed. While a solver
+sets layer.grad_sink (Solver.during_backward), a gradient goes to it as soon as it is made,
+not to layer.grads, and a convolution's weight gradient bigger than GRAD_BLOCK_BYTES (fc6's is
+411 MB) is made and handed over a block of output channels at a time: the whole never exists.
 
 A layer's parameters and gradients live where its device keeps arrays: ``layer.to("cuda")``
 (or ``net.to("cuda")``) copies them to the GPU, ``to("cpu")`` back; the copies and the one
@@ -34,6 +37,8 @@ from . import functional as F
 from .coordmap import IDENTITY, ShapeError, UndefinedMap
 from .kernels.geometry import conv_out, deconv_out, pair, pool_out
 
+GRAD_BLOCK_BYTES = 32 << 20    # with a grad_sink, bigger weight gradients go out in blocks
+
 
 class Layer:
     """Base class. Subclasses set n_bottoms (None: any number >= 1) and implement _forward /
@@ -43,6 +48,7 @@ class Layer:
     is_loss = False
     spatial_bottoms = None   # how many bottoms' coordinates reach the top (None: all of them)
     saved = ()               # what _forward keeps for _backward (release() drops it)
+    grad_sink = None         # f(param, grad, rows=None) that applies a gradient (see above)
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
@@ -81,7 +87,12 @@ class Layer:
     def _store_grad(self, name, g, accumulate):
         if g is None:
             return
-        if accumulate:
+        if self.grad_sink is not None:
+            if accumulate:
+                raise ValueError("gradients applied during backward cannot accumulate over "
+                                 "several passes (iter_size > 1 takes Solver.step)")
+            self.grad_sink(name, g)
+        elif accumulate:
             self.grads[name] = F.accumulate(self.grads[name], g, device=self.device)
         else:
             self.grads[name] = g
@@ -250,11 +261,30 @@ class Conv(Window):
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), **self._geometry(),
                         device=self.device)
 
+    def _weight4d(self):
+        return self.params["weight"]
+
+    def _grad_blocks(self, w):
+        """Row slices of the weight whose gradients go to grad_sink one by one, or []."""
+        if (self.grad_sink is None or not self.trainable("weight") or self.groups != 1
+                or not isinstance(w, np.ndarray) or w.nbytes <= GRAD_BLOCK_BYTES):
+            return []
+        rows = max(1, GRAD_BLOCK_BYTES // w[0].nbytes)
+        return [slice(r, min(r + rows, len(w))) for r in range(0, len(w), rows)]
+
     def _backward(self, dtops, need, accumulate):
-        dx, dw, db = F.conv2d_backward(dtops[0], self.x, self.params["weight"],
-                                       **self._geometry(), need_dx=need[0],
-                                       need_dw=self.trainable("weight"), device=self.device)
-        self._store_grad("weight", dw, accumulate)
+        w, geo = self._weight4d(), self._geometry()
+        blocks = self._grad_blocks(w)
+        dx, dw, db = F.conv2d_backward(dtops[0], self.x, w, **geo, need_dx=need[0],
+                                       need_dw=self.trainable("weight") and not blocks,
+                                       device=self.device)
+        for rows in blocks:      # each block's gradient is rows of the whole one, same sums
+            _, dwb, _ = F.conv2d_backward(dtops[0][:, rows], self.x, w[rows], **geo,
+                                          need_dx=False, device=self.device)
+            self.grad_sink("weight", dwb.reshape((len(dwb),) + self.params["weight"].shape[1:]),
+                           rows)
+        self._store_grad("weight", None if dw is None else
+                         dw.reshape(self.params["weight"].shape), accumulate)
         if self.trainable("bias"):
             self._store_grad("bias", db, accumulate)
         return dx
@@ -310,18 +340,10 @@ class InnerProduct(Conv):
             raise ValueError(f"InnerProduct expects inputs (N, {', '.join(map(str, self.in_shape))})"
                              f", got {tuple(x.shape)}")
         self.x = x
-        w = self.params["weight"].reshape((-1,) + self.in_shape)
-        return F.conv2d(x, w, self.params.get("bias"), device=self.device)
+        return F.conv2d(x, self._weight4d(), self.params.get("bias"), device=self.device)
 
-    def _backward(self, dtops, need, accumulate):
-        w = self.params["weight"].reshape((-1,) + self.in_shape)
-        dx, dw, db = F.conv2d_backward(dtops[0], self.x, w, need_dx=need[0],
-                                       need_dw=self.trainable("weight"), device=self.device)
-        self._store_grad("weight", None if dw is None else dw.reshape(w.shape[0], -1),
-                         accumulate)
-        if self.trainable("bias"):
-            self._store_grad("bias", db, accumulate)
-        return dx
+    def _weight4d(self):               # Conv._backward runs on this view of the 2-D weight
+        return self.params["weight"].reshape((-1,) + self.in_shape)
 
     # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic
     def torch_twin(self, torch):

@@ -32,6 +32,7 @@ exactly), and a different one is refused by name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -90,15 +91,52 @@ class Solver:
         """One update of every trainable parameter from its gradient (times grad_scale)."""
         lr = self.lr()
         for name, layer in self.net.layers.items():
-            for p, value in layer.params.items():
-                if layer.lr_mult[p] == 0:
-                    continue
-                g = layer.grads[p]
-                if grad_scale != 1:
-                    g = F.scale(g, grad_scale, device=layer.device)
-                self._update(f"{name}.{p}", value, g, lr * layer.lr_mult[p],
-                             self.weight_decay * layer.decay_mult[p])
+            for p in layer.params:
+                if layer.lr_mult[p] != 0:
+                    self._apply(name, layer, p, layer.grads[p], lr, grad_scale)
         self.iter += 1
+
+    @contextlib.contextmanager
+    def during_backward(self, grad_scale=1.0):
+        """Apply each gradient as the block's backward makes it, then drop it: the same update
+        as backward then step(), but the gradients never all live at once (at FCN-8s's
+        500x500 step they are 537 MB). A weight gradient over layers.GRAD_BLOCK_BYTES (fc6's
+        411 MB, fc7's 67 MB) comes a block of output channels at a time: the same sums, but
+        OpenBLAS may add a GEMM of fewer rows in another order, so those weights agree with
+        step()'s to float rounding; every other one is bit for bit. On leaving, a parameter that got no gradient is updated
+        from layer.grads as step() does, and the iteration counts; the applied gradients read
+        as zeros afterwards. One backward pass only (not iter_size > 1 or a gradient sum over
+        ranks, which need the whole gradients: use step())."""
+        lr, applied = self.lr(), set()
+
+        def sink_for(name, layer):
+            def sink(p, g, rows=None):
+                self._apply(name, layer, p, g, lr, grad_scale, rows)
+                if (name, p) not in applied:    # no pages are touched until written
+                    applied.add((name, p))
+                    layer.grads[p] = F.zeros_like(layer.params[p], device=layer.device)
+            return sink
+
+        layers = [(n, layer) for n, layer in self.net.layers.items() if layer.params]
+        for name, layer in layers:
+            layer.grad_sink = sink_for(name, layer)
+        try:
+            yield
+        finally:
+            for _, layer in layers:
+                del layer.grad_sink
+        for name, layer in layers:
+            for p in layer.params:
+                if layer.lr_mult[p] != 0 and (name, p) not in applied:
+                    self._apply(name, layer, p, layer.grads[p], lr, grad_scale)
+        self.iter += 1
+
+    def _apply(self, name, layer, p, g, lr, grad_scale, rows=None):
+        """Update parameter p of layer `name` (rows of it, or all) from its gradient g."""
+        if grad_scale != 1:
+            g = F.scale(g, grad_scale, device=layer.device)
+        self._update(f"{name}.{p}", layer.params[p], g, lr * layer.lr_mult[p],
+                     self.weight_decay * layer.decay_mult[p], rows)
 
     def state_arrays(self):
         """The buffers as NumPy arrays (copied from the device), named for a checkpoint."""
@@ -124,8 +162,10 @@ class SGD(Solver):
         super().__init__(net, lr, weight_decay, **policy)
         self.momentum = float(momentum)
 
-    def _update(self, key, param, grad, lr, wd):
+    def _update(self, key, param, grad, lr, wd, rows=None):
         buf = self._buffer("momentum", key, param)
+        if rows is not None:
+            param, buf = param[rows], buf[rows]
         F.sgd_update(param, grad, buf, lr, self.momentum, wd, device=self._device(key))
 
 
@@ -137,9 +177,11 @@ class Adam(Solver):
         super().__init__(net, lr, weight_decay, **policy)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
-    def _update(self, key, param, grad, lr, wd):
+    def _update(self, key, param, grad, lr, wd, rows=None):
         m = self._buffer("m", key, param)
         v = self._buffer("v", key, param)
+        if rows is not None:
+            param, m, v = param[rows], m[rows], v[rows]
         F.adam_update(param, grad, m, v, lr, self.beta1, self.beta2, self.eps, wd,
                       self.iter + 1, device=self._device(key))
 
@@ -446,6 +488,9 @@ class Trainer:
         if self.comm is not None and not self._together:
             self._start_together()
         self.net.train()
+        # One pass on one process: each gradient is applied as backward makes it and then
+        # dropped (Solver.during_backward; the same weights, a lower peak of memory).
+        at_once = self.iter_size == 1 and self.comm is None
         losses = []
         for k in range(self.iter_size):
             batch = self.loader.next_batch()
@@ -464,10 +509,16 @@ class Trainer:
                     self.reducer.begin()
                     hook = self.reducer.hook
             losses.append(float(loss))
-            self.net.backward(seeds, input_grads=False, accumulate=k > 0, hook=hook)
+            self._check_finite(losses[-1])   # before any update
+            with self.solver.during_backward() if at_once else contextlib.nullcontext():
+                self.net.backward(seeds, input_grads=False, accumulate=k > 0, hook=hook)
         if self.reducer is not None:
             self.reducer.finish()
-        loss = float(np.mean(losses))
+        if not at_once:
+            self.solver.step(grad_scale=1.0 / self.iter_size)
+        return float(np.mean(losses))
+
+    def _check_finite(self, loss):
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss} at iteration {self.solver.iter} (lr "
@@ -475,8 +526,6 @@ class Trainer:
                 f"{self.checkpoint_path}. Lower the learning rate, or mind the loss "
                 f"normalisation: 'batch'/'none' sum over pixels and want a tiny lr (the "
                 f"reference uses 1e-10 with momentum 0.99)")
-        self.solver.step(grad_scale=1.0 / self.iter_size)
-        return loss
 
     def validate(self):
         """Scores on val_data (a progress bar while it runs); kept as self.last_val (with

@@ -277,6 +277,26 @@ class Batches:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_gradients_applied_during_backward_equal_cpu(optimizer, rng):
+    """The Trainer's one-pass step (Solver.during_backward) on cuda: two steps end with cpu's
+    parameters, and the applied gradients are left as zeros on the device."""
+    batch = feed(rng, classes=3)
+    nets = {}
+    for device in ("cpu", "cuda"):
+        net = small_net(seed=7).to(device)
+        solver = make_solver(net, optimizer, lr=0.05, momentum=0.9, weight_decay=1e-3)
+        for _ in range(2):
+            net.forward(**batch)
+            with solver.during_backward():
+                net.backward(input_grads=False)
+        nets[device] = net
+    assert_on_device(nets["cuda"], blobs=False)
+    for key, v in nets["cuda"].params(host=True).items():
+        assert rel_error(v, nets["cpu"].params()[key]) < 1e-11, key
+    assert not any(np.any(g) for g in nets["cuda"].grads(host=True).values())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_solver_steps_and_checkpoint_equal_cpu(optimizer, rng, tmp_path, gpu_like_arrays):
     """Two training iterations (the first summing two batches: iter_size 2) on cuda and on
     cpu; the parameters and solver buffers agree, stay on the device, and only the losses

@@ -105,6 +105,90 @@ def test_iter_size_equals_bigger_batch(rng):
         assert np.allclose(a.params()[key], b.params()[key], atol=1e-6), key
 
 
+def classifier_net(seed=0):
+    """A conv and a fully connected layer (a 2-D weight) on 8x8 inputs, 5 classes."""
+    net = Net(inputs=["data", "label"])
+    net.add("conv1", L.Conv(3, 4, 3, seed=seed), "data")
+    net.add("relu1", L.ReLU(), "conv1", "conv1")
+    net.add("fc", L.InnerProduct((4, 6, 6), 5, seed=seed + 1), "conv1")
+    net.add("loss", L.SoftmaxLoss(), ["fc", "label"])
+    return net
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("block", [None, 300])
+@pytest.mark.parametrize("which", ["fcn", "classifier"])
+def test_gradients_applied_during_backward_are_the_same_update(rng, monkeypatch, optimizer,
+                                                               block, which):
+    """Solver.during_backward (what Trainer.step takes) ends with the weights of backward then
+    step(), bit for bit, over steps where momentum / Adam's moments matter. With a small
+    GRAD_BLOCK_BYTES the weight gradients arrive a block of output channels at a time: the
+    same sums, but a GEMM with fewer rows may add in another order (OpenBLAS picks its kernel
+    by size), so those agree to float rounding."""
+    if block:
+        monkeypatch.setattr(L, "GRAD_BLOCK_BYTES", block)
+    make = (lambda: tiny_net(dropout=False)) if which == "fcn" else classifier_net
+    a, b = make(), make()
+    sa, sb = (train.make_solver(n, optimizer, lr=0.05, momentum=0.9, weight_decay=1e-3)
+              for n in (a, b))
+    applied = []
+    apply = sb._apply
+    sb._apply = lambda name, layer, p, g, *r: applied.append((name, p, g.shape)) or apply(
+        name, layer, p, g, *r)
+    for _ in range(3):
+        if which == "fcn":
+            x, y = rng.standard_normal((2, 3, 8, 8)), rng.integers(0, 3, (2, 8, 8))
+        else:
+            x, y = rng.standard_normal((2, 3, 8, 8)), rng.integers(0, 5, (2, 1, 1))
+        x = x.astype(np.float32)
+        a.forward(data=x, label=y)
+        a.backward(input_grads=False)
+        sa.step()
+        b.forward(data=x, label=y)
+        applied.clear()
+        with sb.during_backward():
+            b.backward(input_grads=False)
+        for key in a.params():
+            if block:
+                np.testing.assert_allclose(b.params()[key], a.params()[key], rtol=1e-5,
+                                           atol=1e-6, err_msg=key)
+            else:
+                assert np.array_equal(a.params()[key], b.params()[key]), key
+    assert sb.iter == sa.iter == 3
+    assert all(not np.any(g) for g in b.grads().values())     # applied, then dropped
+    big = "conv2" if which == "fcn" else "fc"
+    shapes_in = [s for n, p, s in applied if (n, p) == (big, "weight")]
+    whole = b.params()[big + ".weight"].shape
+    if block:              # conv2: 6 rows of 144 bytes -> 3 blocks; fc: 5 rows of 576 -> 5
+        assert len(shapes_in) > 1 and sum(s[0] for s in shapes_in) == whole[0]
+        assert all(s[1:] == whole[1:] for s in shapes_in)
+    else:
+        assert shapes_in == [whole]
+    if which == "fcn":                                          # frozen: never applied
+        assert not any(n == "upscore" for n, _, _ in applied)
+
+
+def test_gradients_applied_during_backward_cannot_accumulate(rng):
+    net = tiny_net(dropout=False)
+    solver = train.SGD(net, lr=0.1)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    net.forward(data=x, label=rng.integers(0, 3, (1, 8, 8)))
+    with pytest.raises(ValueError, match="iter_size"):
+        with solver.during_backward():
+            net.backward(input_grads=False, accumulate=True)
+    assert solver.iter == 0 and all(layer.grad_sink is None for layer in net.layers.values())
+
+
+def test_trainer_applies_gradients_during_backward_unless_iter_size(tmp_path, shapes):
+    """One pass: the gradients are applied and dropped as backward goes (they read as zeros
+    after a step); iter_size 2 keeps them whole for the sum, then steps."""
+    for iter_size, dropped in ((1, True), (2, False)):
+        t = make_trainer(tmp_path / str(iter_size), shapes, iter_size=iter_size)
+        t.step()
+        assert t.solver.iter == 1
+        assert all(not np.any(g) for g in t.net.grads().values()) == dropped
+
+
 def test_loss_sampling_keeps_a_fraction(tmp_path, shapes):
     t = make_trainer(tmp_path, shapes, loss_sample=0.25)
     labels = np.zeros((4, 50, 50), np.int32)

@@ -39,11 +39,12 @@ def net_flops(net, shapes):
 
 
 def train_step(net, solver, x, lab):
-    """One training step, as the Trainer takes it: forward, backward, solver update."""
+    """One training step, as the Trainer takes it: forward, then backward with each gradient
+    applied as it is made (Solver.during_backward)."""
     net.train()
     net.forward(data=x, label=lab)
-    net.backward(input_grads=False)
-    solver.step()
+    with solver.during_backward():
+        net.backward(input_grads=False)
 
 
 def torch_step(tn, opt, x, lab):
