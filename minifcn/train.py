@@ -106,7 +106,8 @@ class Solver:
         step()'s to float rounding; every other one is bit for bit. On leaving, a parameter that got no gradient is updated
         from layer.grads as step() does, and the iteration counts; the applied gradients read
         as zeros afterwards. One backward pass only (not iter_size > 1 or a gradient sum over
-        ranks, which need the whole gradients: use step())."""
+        ranks, which need the whole gradients: use step()). If backward fails, the layers it
+        had passed keep their update and the iteration does not count."""
         lr, applied = self.lr(), set()
 
         def sink_for(name, layer):

@@ -8,8 +8,8 @@ Measured on the shared 2-core dev machine (load 4-7), fcn8s_tiny's convolutions 
 ms and 3-52 ms. So an op below SMALL_FLOPS runs on one thread (Numba's and OpenBLAS's); bigger
 ones (VGG16's at 224: 1.8-3.7 GFLOP) keep every thread, where the work outweighs the joins.
 Between TINY_FLOPS and SMALL_FLOPS the GEMMs still use both cores, as independent one-thread
-GEMMs (matmul below) cut the same way whatever the thread count: on an idle machine that took
-fcn8s_tiny's training step from 55.3 to 43.4 ms (median, in-process A/B; all threads: 46.3).
+GEMMs (matmul below) cut the same way whatever the thread count: on the idle machine
+fcn8s_tiny's training step, best of 18, went from 61 to 50 ms (benchmarks/tiny_threads.py).
 """
 from __future__ import annotations
 
