@@ -274,15 +274,15 @@ class Conv(Window):
 
     def _backward(self, dtops, need, accumulate):
         w, geo = self._weight4d(), self._geometry()
-        blocks = self._grad_blocks(w)
+        blocks = [] if accumulate else self._grad_blocks(w)   # (_store_grad refuses that)
         dx, dw, db = F.conv2d_backward(dtops[0], self.x, w, **geo, need_dx=need[0],
                                        need_dw=self.trainable("weight") and not blocks,
                                        device=self.device)
         for rows in blocks:      # each block's gradient is rows of the whole one, same sums
             _, dwb, _ = F.conv2d_backward(dtops[0][:, rows], self.x, w[rows], **geo,
                                           need_dx=False, device=self.device)
-            self.grad_sink("weight", dwb.reshape((len(dwb),) + self.params["weight"].shape[1:]),
-                           rows)
+            shape = (len(dwb),) + self.params["weight"].shape[1:]    # InnerProduct's: 2-D
+            self.grad_sink("weight", dwb.reshape(shape), rows)
         self._store_grad("weight", None if dw is None else
                          dw.reshape(self.params["weight"].shape), accumulate)
         if self.trainable("bias"):

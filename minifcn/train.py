@@ -103,17 +103,18 @@ class Solver:
         500x500 step they are 537 MB). A weight gradient over layers.GRAD_BLOCK_BYTES (fc6's
         411 MB, fc7's 67 MB) comes a block of output channels at a time: the same sums, but
         OpenBLAS may add a GEMM of fewer rows in another order, so those weights agree with
-        step()'s to float rounding; every other one is bit for bit. On leaving, a parameter that got no gradient is updated
-        from layer.grads as step() does, and the iteration counts; the applied gradients read
-        as zeros afterwards. One backward pass only (not iter_size > 1 or a gradient sum over
-        ranks, which need the whole gradients: use step()). If backward fails, the layers it
-        had passed keep their update and the iteration does not count."""
+        step()'s to float rounding; every other one is bit for bit. On leaving, a parameter
+        that got no gradient is updated from layer.grads as step() does, and the iteration
+        counts; the applied gradients read as zeros afterwards. One backward pass only (not
+        iter_size > 1 or a gradient sum over ranks, which need the whole gradients: use
+        step()). If backward fails, the layers it had passed keep their update and the
+        iteration does not count."""
         lr, applied = self.lr(), set()
 
         def sink_for(name, layer):
             def sink(p, g, rows=None):
                 self._apply(name, layer, p, g, lr, grad_scale, rows)
-                if (name, p) not in applied:    # no pages are touched until written
+                if (name, p) not in applied:    # host zeros: calloc, no page touched
                     applied.add((name, p))
                     layer.grads[p] = F.zeros_like(layer.params[p], device=layer.device)
             return sink

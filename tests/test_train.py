@@ -168,8 +168,14 @@ def test_gradients_applied_during_backward_are_the_same_update(rng, monkeypatch,
         assert not any(n == "upscore" for n, _, _ in applied)
 
 
-def test_gradients_applied_during_backward_cannot_accumulate(rng):
+@pytest.mark.parametrize("block", [None, 30])
+def test_gradients_applied_during_backward_cannot_accumulate(rng, monkeypatch, block):
+    """Refused before any update, whole gradients or blocks (30 bytes: score_fr, the first
+    trainable layer backward meets, has 24-byte rows)."""
+    if block:
+        monkeypatch.setattr(L, "GRAD_BLOCK_BYTES", block)
     net = tiny_net(dropout=False)
+    before = {k: v.copy() for k, v in net.params().items()}
     solver = train.SGD(net, lr=0.1)
     x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     net.forward(data=x, label=rng.integers(0, 3, (1, 8, 8)))
@@ -177,6 +183,7 @@ def test_gradients_applied_during_backward_cannot_accumulate(rng):
         with solver.during_backward():
             net.backward(input_grads=False, accumulate=True)
     assert solver.iter == 0 and all(layer.grad_sink is None for layer in net.layers.values())
+    assert all(np.array_equal(v, before[k]) for k, v in net.params().items())
 
 
 def test_trainer_applies_gradients_during_backward_unless_iter_size(tmp_path, shapes):
