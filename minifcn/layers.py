@@ -4,13 +4,10 @@ A layer is used by a Net (minifcn.net) through three things:
     tops = layer.forward(*bottoms)                  # arrays in, a tuple of arrays out
     dbottoms = layer.backward(dtops, need)          # need[i]: is bottom i's gradient wanted?
     layer.params / layer.grads                      # {"weight": array, "bias": array}
-Parameter gradients are written to layer.grads (added to them when accumulating over several
-backward passes, the reference's iter_size). lr_mult / decay_mult scale the solver's learning
-rate and weight decay per parameter (Caffe's convention: biases 2x lr and no decay); an
-lr_mult of 0 freezes a parameter, and its gradient is then never computed. While a solver
-sets layer.grad_sink (Solver.during_backward), a gradient goes to it as soon as it is made,
-not to layer.grads, and a convolution's weight gradient bigger than GRAD_BLOCK_BYTES (fc6's is
-411 MB) is made and handed over a block of output channels at a time: the whole never exists.
+Parameter gradients are written to layer.grads (added to them over several backward passes:
+iter_size), or handed to layer.grad_sink as they are made while Solver.during_backward sets it
+(fc6's in blocks). lr_mult / decay_mult scale the solver's learning rate and weight decay per
+parameter (Caffe's convention: biases 2x lr and no decay); lr_mult 0 freezes it (no gradient).
 
 A layer's parameters and gradients live where its device keeps arrays: ``layer.to("cuda")``
 (or ``net.to("cuda")``) copies them to the GPU, ``to("cpu")`` back; the copies and the one
@@ -48,7 +45,7 @@ class Layer:
     is_loss = False
     spatial_bottoms = None   # how many bottoms' coordinates reach the top (None: all of them)
     saved = ()               # what _forward keeps for _backward (release() drops it)
-    grad_sink = None         # f(param, grad, rows=None) that applies a gradient (see above)
+    grad_sink = None         # f(param, grad, accumulate, rows=None) applies a gradient (above)
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
@@ -85,13 +82,10 @@ class Layer:
         return self
 
     def _store_grad(self, name, g, accumulate):
-        if g is None:
+        if g is None or not self.trainable(name):
             return
-        if self.grad_sink is not None:
-            if accumulate:
-                raise ValueError("gradients applied during backward cannot accumulate over "
-                                 "several passes (iter_size > 1 takes Solver.step)")
-            self.grad_sink(name, g)
+        if self.grad_sink:
+            self.grad_sink(name, g, accumulate)
         elif accumulate:
             self.grads[name] = F.accumulate(self.grads[name], g, device=self.device)
         else:
@@ -258,35 +252,28 @@ class Conv(Window):
 
     def _forward(self, x):
         self.x = x
-        return F.conv2d(x, self.params["weight"], self.params.get("bias"), **self._geometry(),
+        return F.conv2d(x, self._weight4d(), self.params.get("bias"), **self._geometry(),
                         device=self.device)
 
     def _weight4d(self):
         return self.params["weight"]
 
-    def _grad_blocks(self, w):
-        """Row slices of the weight whose gradients go to grad_sink one by one, or []."""
-        if (self.grad_sink is None or not self.trainable("weight") or self.groups != 1
-                or not isinstance(w, np.ndarray) or w.nbytes <= GRAD_BLOCK_BYTES):
-            return []
-        rows = max(1, GRAD_BLOCK_BYTES // w[0].nbytes)
-        return [slice(r, min(r + rows, len(w))) for r in range(0, len(w), rows)]
-
     def _backward(self, dtops, need, accumulate):
         w, geo = self._weight4d(), self._geometry()
-        blocks = [] if accumulate else self._grad_blocks(w)   # (_store_grad refuses that)
+        n = max(1, GRAD_BLOCK_BYTES // w[0].nbytes)      # a big gradient goes to grad_sink in
+        blocks = [slice(r, r + n) for r in range(0, len(w), n)] if (   # blocks of n rows
+            self.grad_sink and self.trainable("weight") and self.groups == 1
+            and isinstance(w, np.ndarray) and w.nbytes > GRAD_BLOCK_BYTES) else []
         dx, dw, db = F.conv2d_backward(dtops[0], self.x, w, **geo, need_dx=need[0],
                                        need_dw=self.trainable("weight") and not blocks,
                                        device=self.device)
+        shape = self.params["weight"].shape                       # InnerProduct's is 2-D
         for rows in blocks:      # each block's gradient is rows of the whole one, same sums
-            _, dwb, _ = F.conv2d_backward(dtops[0][:, rows], self.x, w[rows], **geo,
-                                          need_dx=False, device=self.device)
-            shape = (len(dwb),) + self.params["weight"].shape[1:]    # InnerProduct's: 2-D
-            self.grad_sink("weight", dwb.reshape(shape), rows)
-        self._store_grad("weight", None if dw is None else
-                         dw.reshape(self.params["weight"].shape), accumulate)
-        if self.trainable("bias"):
-            self._store_grad("bias", db, accumulate)
+            dwb = F.conv2d_backward(dtops[0][:, rows], self.x, w[rows], **geo, need_dx=False,
+                                    device=self.device)[1]
+            self.grad_sink("weight", dwb.reshape((-1,) + shape[1:]), accumulate, rows)
+        self._store_grad("weight", dw if dw is None else dw.reshape(shape), accumulate)
+        self._store_grad("bias", db, accumulate)
         return dx
 
     # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic
@@ -313,12 +300,8 @@ class InnerProduct(Conv):
         c, h, w = (int(v) for v in in_shape)
         super().__init__(c, out_features, (h, w), bias=bias, init=init, seed=seed, dtype=dtype)
         self.in_shape = (c, h, w)
-        self.params["weight"] = self.params["weight"].reshape(out_features, c * h * w)
-        self.grads["weight"] = np.zeros(self.params["weight"].shape, self.params["weight"].dtype)
+        self._param("weight", self.params["weight"].reshape(out_features, c * h * w))
         self.kernel = None            # not a sliding window: no coordinate map
-
-    def _geometry(self):
-        return dict(stride=1, pad=0, dilation=1, groups=1)
 
     def coord_map(self):
         raise UndefinedMap("a fully connected layer has no coordinate map")
@@ -339,10 +322,9 @@ class InnerProduct(Conv):
         if tuple(x.shape[1:]) != self.in_shape:
             raise ValueError(f"InnerProduct expects inputs (N, {', '.join(map(str, self.in_shape))})"
                              f", got {tuple(x.shape)}")
-        self.x = x
-        return F.conv2d(x, self._weight4d(), self.params.get("bias"), device=self.device)
+        return super()._forward(x)             # (stride 1, no pad: Conv's defaults)
 
-    def _weight4d(self):               # Conv._backward runs on this view of the 2-D weight
+    def _weight4d(self):               # Conv._forward / _backward run on this view of it
         return self.params["weight"].reshape((-1,) + self.in_shape)
 
     # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic
@@ -408,8 +390,7 @@ class Deconv(Layer):
                                                  need_dw=self.trainable("weight"),
                                                  device=self.device)
         self._store_grad("weight", dw, accumulate)
-        if self.trainable("bias"):
-            self._store_grad("bias", db, accumulate)
+        self._store_grad("bias", db, accumulate)
         return dx
 
     # -- for minifcn.bench: this layer in PyTorch ops, and its arithmetic

@@ -112,7 +112,10 @@ class Solver:
         lr, applied = self.lr(), set()
 
         def sink_for(name, layer):
-            def sink(p, g, rows=None):
+            def sink(p, g, accumulate, rows=None):
+                if accumulate:       # before any update: nothing is half done
+                    raise ValueError("Solver.during_backward takes one backward pass, not "
+                                     "iter_size's sum of several (use Solver.step)")
                 self._apply(name, layer, p, g, lr, grad_scale, rows)
                 if (name, p) not in applied:    # host zeros: calloc, no page touched
                     applied.add((name, p))
