@@ -260,10 +260,10 @@ class Conv(Window):
 
     def _backward(self, dtops, need, accumulate):
         w, geo = self._weight4d(), self._geometry()
-        n = max(1, GRAD_BLOCK_BYTES // w[0].nbytes)      # a big gradient goes to grad_sink in
-        blocks = [slice(r, r + n) for r in range(0, len(w), n)] if (   # blocks of n rows
-            self.grad_sink and self.trainable("weight") and self.groups == 1
-            and isinstance(w, np.ndarray) and w.nbytes > GRAD_BLOCK_BYTES) else []
+        big = (self.grad_sink and self.trainable("weight") and self.groups == 1
+               and isinstance(w, np.ndarray) and w.nbytes > GRAD_BLOCK_BYTES)
+        n = max(1, GRAD_BLOCK_BYTES * len(w) // w.nbytes) if big else 0    # rows per block
+        blocks = [slice(r, r + n) for r in range(0, len(w), n)] if big else []   # to grad_sink
         dx, dw, db = F.conv2d_backward(dtops[0], self.x, w, **geo, need_dx=need[0],
                                        need_dw=self.trainable("weight") and not blocks,
                                        device=self.device)

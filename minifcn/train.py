@@ -89,11 +89,7 @@ class Solver:
 
     def step(self, grad_scale=1.0):
         """One update of every trainable parameter from its gradient (times grad_scale)."""
-        lr = self.lr()
-        for name, layer in self.net.layers.items():
-            for p in layer.params:
-                if layer.lr_mult[p] != 0:
-                    self._apply(name, layer, p, layer.grads[p], lr, grad_scale)
+        self._apply_rest(self.lr(), grad_scale, done=())
         self.iter += 1
 
     @contextlib.contextmanager
@@ -130,11 +126,15 @@ class Solver:
         finally:
             for _, layer in layers:
                 del layer.grad_sink
-        for name, layer in layers:
-            for p in layer.params:
-                if layer.lr_mult[p] != 0 and (name, p) not in applied:
-                    self._apply(name, layer, p, layer.grads[p], lr, grad_scale)
+        self._apply_rest(lr, grad_scale, done=applied)
         self.iter += 1
+
+    def _apply_rest(self, lr, grad_scale, done):
+        """Update every trainable parameter not in `done` from layer.grads."""
+        for name, layer in self.net.layers.items():
+            for p in layer.params:
+                if layer.lr_mult[p] != 0 and (name, p) not in done:
+                    self._apply(name, layer, p, layer.grads[p], lr, grad_scale)
 
     def _apply(self, name, layer, p, g, lr, grad_scale, rows=None):
         """Update parameter p of layer `name` (rows of it, or all) from its gradient g."""

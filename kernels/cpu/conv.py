@@ -263,7 +263,7 @@ def conv_transpose2d(x, w, b, stride, pad):
         for n0, n1, r0, r1 in _tiles(N, H, W, K, x.itemsize):
             m = (n1 - n0) * (r1 - r0) * W
             col = matmul(wmat_t, _as_cols(x, n0, n1, 0, C, r0, r1),
-                            out=_scratch_matrix("a", K, m, x.dtype))
+                         out=_scratch_matrix("a", K, m, x.dtype))
             _col2im(col, n0, n1, 0, F, kh, kw, *stride, *pad, 1, 1, r0, r1, W, y)
     if b is not None:
         y += b.reshape(1, F, 1, 1)
