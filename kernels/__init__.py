@@ -31,17 +31,11 @@ import importlib
 DEVICES = ("numpy", "cpu", "cuda")
 
 OPS = (
-    "conv2d", "conv2d_backward",
-    "conv_transpose2d", "conv_transpose2d_backward",
-    "max_pool2d", "max_pool2d_backward",
-    "avg_pool2d", "avg_pool2d_backward",
-    "relu", "relu_backward",
-    "dropout", "dropout_backward",
-    "crop", "crop_backward",
-    "eltwise_sum", "scale", "concat", "concat_backward",
-    "lrn", "lrn_backward",
-    "softmax_cross_entropy",
-    "sgd_update", "adam_update",
+    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "relu", "relu_backward", "relu_bits", "relu_backward_bits", "dropout", "dropout_backward",
+    "crop", "crop_backward", "eltwise_sum", "scale", "concat", "concat_backward",
+    "lrn", "lrn_backward", "softmax_cross_entropy", "sgd_update", "adam_update",
     # where arrays live, and the little array arithmetic a Net and a solver do between ops
     "asarray", "to_host", "zeros_like", "add", "accumulate",
     # scoring: class maps and the confusion matrix, on the device that made the scores

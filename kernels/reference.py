@@ -182,6 +182,15 @@ def relu_backward(dout, x, slope):
     return np.where(x > 0, dout, dout * dout.dtype.type(slope))
 
 
+def relu_bits(x, slope):
+    """relu, and where its output (so its input) is > 0, packed 8 to a byte: for backward."""
+    return relu(x, slope), np.packbits(x.reshape(-1) > 0)
+
+
+def relu_backward_bits(dout, bits, slope):
+    return relu_backward(dout, np.unpackbits(bits, count=dout.size).reshape(dout.shape), slope)
+
+
 def dropout(x, p, rng, train):
     """Inverted dropout: keep each unit with probability 1 - p and scale it by 1 / (1 - p), so
     nothing changes at test time. Returns (y, mask); mask is None when nothing was dropped."""

@@ -150,7 +150,6 @@ def fmt_map(m):
     return ", ".join(f"{ax}: a={a}, b={b}" for ax, (a, b) in zip("hw", m))
 
 
-_fmt = fmt_map          # the old private name
 
 
 # ----------------------------------------------------------------------------- receptive fields

@@ -199,19 +199,22 @@ def avg_pool2d_backward(dout, x_shape, kernel, stride=None, pad=0, ceil_mode=Tru
 
 
 # ----------------------------------------------------------------------------- pointwise
-def relu(x, slope=0.0, *, device=None):
-    """max(x, 0); with slope > 0 a leaky ReLU (slope * x for x < 0)."""
+def relu(x, slope=0.0, *, bits=False, device=None):
+    """max(x, 0); with slope > 0 a leaky ReLU (slope * x for x < 0). bits=True returns (y,
+    bits): also where y > 0, as np.packbits(y.ravel() > 0), all relu_backward needs."""
     _check_arrays("relu", x=x)
     if slope < 0:
         raise ValueError(f"relu: slope must be >= 0, got {slope}")
-    return get("relu", device)(x, float(slope))
+    return get("relu_bits" if bits else "relu", device)(x, float(slope))
 
 
 def relu_backward(dout, x, slope=0.0, *, device=None):
-    """x may be relu's input or its output: both have the same sign pattern."""
-    _check_arrays("relu_backward", dout=dout, x=x)
-    _check_same_shape("relu_backward", "dout", dout, x.shape)
-    return get("relu_backward", device)(dout, x, float(slope))
+    """x may be relu's input or its output (the same sign pattern), or relu's uint8 bits."""
+    bits = x.dtype == np.uint8
+    _check_arrays("relu_backward", dout=dout, x=None if bits else x)
+    _check_same_shape("relu_backward", "bits" if bits else "x", x,
+                      ((dout.size + 7) // 8,) if bits else dout.shape)
+    return get("relu_backward_bits" if bits else "relu_backward", device)(dout, x, float(slope))
 
 
 def dropout(x, p, rng=None, train=True, *, device=None):

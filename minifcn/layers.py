@@ -50,8 +50,7 @@ class Layer:
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
-        self.lr_mult: dict[str, float] = {}
-        self.decay_mult: dict[str, float] = {}
+        self.lr_mult, self.decay_mult = {}, {}      # name -> float: the solver's multipliers
         self.device = None          # None: the current default device
         self.training = True
 
@@ -348,10 +347,8 @@ class Deconv(Layer):
         self.kernel, self.stride, self.pad = pair(kernel), pair(stride), pair(pad)
         self.dilation = (1, 1)
         shape = (self.in_ch, self.out_ch) + self.kernel
-        if init == "bilinear":
-            w = bilinear_weight(self.in_ch, self.out_ch, self.kernel)
-        else:
-            w = init_weight(shape, init, _rng(seed), self.in_ch * self.kernel[0] * self.kernel[1])
+        w = bilinear_weight(self.in_ch, self.out_ch, self.kernel) if init == "bilinear" else \
+            init_weight(shape, init, _rng(seed), self.in_ch * self.kernel[0] * self.kernel[1])
         self._param("weight", w.astype(dtype))
         if bias:
             self._param("bias", np.zeros(self.out_ch, dtype=dtype), lr_mult=2.0, decay_mult=0.0)
@@ -428,9 +425,8 @@ class MaxPool(Window):
         return y
 
     def _backward(self, dtops, need, accumulate):
-        if not need[0]:
-            return None
-        return F.max_pool2d_backward(dtops[0], self.argmax, self.x_shape, device=self.device)
+        return F.max_pool2d_backward(dtops[0], self.argmax, self.x_shape,
+                                     device=self.device) if need[0] else None
 
     # -- for minifcn.bench: this layer in PyTorch ops
     def torch_twin(self, torch):
@@ -445,10 +441,8 @@ class AvgPool(MaxPool):
                             device=self.device)
 
     def _backward(self, dtops, need, accumulate):
-        if not need[0]:
-            return None
         return F.avg_pool2d_backward(dtops[0], self.x_shape, self.kernel, self.stride, self.pad,
-                                     self.ceil_mode, device=self.device)
+                                     self.ceil_mode, device=self.device) if need[0] else None
 
     # -- for minifcn.bench: this layer in PyTorch ops
     def torch_twin(self, torch):
@@ -457,7 +451,7 @@ class AvgPool(MaxPool):
 
 
 class ReLU(Pointwise):
-    saved = ("y",)
+    saved = ("bits",)
     inplace_ok = True
 
     def __init__(self, slope=0.0):
@@ -465,12 +459,12 @@ class ReLU(Pointwise):
         self.slope = float(slope)
 
     def _forward(self, x):
-        self.y = F.relu(x, self.slope, device=self.device)
-        return self.y
+        # backward needs only the sign pattern: 1 bit an element, so the net may drop the top
+        y, self.bits = F.relu(x, self.slope, bits=True, device=self.device)
+        return y
 
     def _backward(self, dtops, need, accumulate):
-        # the output has the input's sign pattern, so x need not be kept
-        return F.relu_backward(dtops[0], self.y, self.slope, device=self.device)
+        return F.relu_backward(dtops[0], self.bits, self.slope, device=self.device)
 
     # -- for minifcn.bench: this layer in PyTorch ops
     def torch_twin(self, torch):

@@ -92,13 +92,14 @@ class Net:
                         if self.producer[t] == n and (t, n) not in read]
 
     # ------------------------------------------------------------------ running
-    def forward(self, *args, until=None, **inputs):
+    def forward(self, *args, until=None, keep=True, **inputs):
         """Run the layers in order. Inputs by keyword (or positionally in the order of
         net.inputs). Returns the output blob, or a dict {name: array} when there are several.
-        until="score" stops once that blob is made and returns it; inputs that only later
-        layers read (the label of a training net) may then be left out."""
-        for name, value in zip(self.inputs, args):
-            inputs[name] = value
+        until="score" stops once that blob is made and returns it (inputs only later layers
+        read, a training net's label, may be left out). keep=False drops each blob after its
+        last reader (backward needs only what layers saved) but inputs, outputs, until and
+        keep=[names]."""
+        inputs.update(zip(self.inputs, args))
         names = list(self.layers)
         if until is not None:
             if until not in self.producer:
@@ -113,6 +114,8 @@ class Net:
         # host inputs go to the device, once
         blobs = self.blobs = {k: F.asarray(v, device=self.device) for k, v in inputs.items()}
         self.released = False            # what backward needs is there again
+        last = {} if keep is True else {b: n for n in names for b in self.bottoms[n]}
+        kept = set(keep or ()) | set(self.inputs + self.outputs) | {until} if last else ()
         for name in names:
             layer = self.layers[name]
             t0 = time.perf_counter()
@@ -123,8 +126,11 @@ class Net:
                 shapes = ", ".join(f"{b} {_shape(blobs[b])}" for b in self.bottoms[name])
                 raise ValueError(f"{self.name}: layer {name!r} ({type(layer).__name__}) on "
                                  f"bottoms [{shapes}]: {e}") from None
-            for t, value in zip(self.tops[name], tops):
-                blobs[t] = value
+            blobs.update(zip(self.tops[name], tops))
+            for b in self.bottoms[name]:      # a multi-top layer's tops stay (zeros are made
+                # like them for a top backward brings no gradient)
+                if last.get(b) == name and b not in kept and len(self.tops[self.producer[b]]) < 2:
+                    blobs.pop(b, None)
             self.timings[name] = [time.perf_counter() - t0, 0.0]
         if until is not None:
             return blobs[until]

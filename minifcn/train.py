@@ -504,7 +504,9 @@ class Trainer:
                           for t, v in batch.items()}
             else:
                 inputs = {"data": batch[0], "label": self._sample(batch[1])}
-            self.net.forward(**inputs)
+            # blobs go once read, but what the losses and loss_share read back (memory)
+            self.net.forward(keep=[b for n, layer in self.net.layers.items() if layer.is_loss
+                                   for b in self.net.bottoms[n] + self.net.tops[n]], **inputs)
             loss = total_loss(self.net)
             seeds = hook = None
             if self.comm is not None:        # this rank's share of the global batch's loss

@@ -325,6 +325,10 @@ def test_relu(rng, dtype):
     for slope in (0.0, 0.1):
         close(K.relu(x, slope), R.relu(x, slope), dtype)
         close(K.relu_backward(dout, x, slope), R.relu_backward(dout, x, slope), dtype)
+        y, bits = K.relu_bits(x, slope)               # 210 elements: a last part-byte
+        close(y, R.relu(x, slope), dtype)
+        assert np.array_equal(host(bits), R.relu_bits(x, slope)[1])
+        close(K.relu_backward_bits(dout, bits, slope), R.relu_backward(dout, x, slope), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -85,6 +85,28 @@ def test_relu_gradients(device, slope, rng):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 1003])
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu_bits_are_the_sign_pattern_and_backward_needs_no_more(device, n, slope, rng):
+    """relu(bits=True): the same output, plus np.packbits of where it is > 0 (sizes that are
+    not a whole number of bytes included); backward from the bits == backward from y."""
+    x = rng.standard_normal(n).astype(np.float32)
+    x[::5] = 0.0                         # zeros are not > 0: their bit is clear
+    x[3::11] = np.nan                    # NaN > 0 is false, as relu_backward's x > 0 says
+    y, bits = F.relu(x, slope, bits=True, device=device)
+    assert np.array_equal(y, F.relu(x, slope, device=device), equal_nan=True)
+    assert bits.dtype == np.uint8 and np.array_equal(bits, np.packbits(y > 0))
+    dout = rng.standard_normal(n).astype(np.float32)
+    assert np.array_equal(F.relu_backward(dout, bits, slope, device=device),
+                          F.relu_backward(dout, y, slope, device=device))
+    x4 = x.reshape(1, 1, 1, n)           # any shape: the bits are of the flat array
+    _, bits4 = F.relu(x4, slope, bits=True, device=device)
+    assert np.array_equal(bits4, bits)
+    with pytest.raises(ValueError, match="relu_backward: bits has shape"):
+        F.relu_backward(dout, np.zeros(bits.size + 1, np.uint8), slope, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_dropout(device, rng):
     x = rng.standard_normal((4, 8, 10, 10))
     y, mask = F.dropout(x, 0.3, np.random.default_rng(7), train=True, device=device)

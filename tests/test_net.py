@@ -2,6 +2,8 @@
 device; blobs read twice; in-place layers; frozen parameters; accumulation; shape errors
 that name the layer; save/load."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -253,3 +255,56 @@ def test_backward_drops_blobs_and_saved_state_with_the_gradients_unchanged(rng):
             np.testing.assert_array_equal(net.blobs[b], full.blobs[b])
         with pytest.raises(ValueError, match="second backward needs forward again"):
             net.backward()
+
+
+def test_forward_keep_false_drops_read_blobs_and_backward_is_unchanged(rng):
+    """forward(keep=False), a training step's: each blob goes once its last reader has run
+    (backward needs only what the layers saved: ReLU its sign bits), inputs and outputs stay,
+    keep=[names] and until= keep those; the gradients are bit for bit a keep-all pass's."""
+    x = {"data": rng.standard_normal((2, 3, 13, 11)),
+         "label": rng.integers(0, 3, (2, 13, 11))}
+    runs = {}
+    for keep in (True, False, ["pool1", "conv2"]):
+        net = skip_net(seed=1).astype(np.float64)      # train mode: dropout draws the same
+        randomize_biases(net, np.random.default_rng(5))
+        loss = net.forward(**x, keep=keep)
+        runs[str(keep)] = (net, set(net.blobs), loss, net.backward())
+    full, made, loss, dx = runs["True"]
+    assert {"conv1", "pool1", "score", "fuse"} <= made
+    for keep, extra in (("False", set()), ("['pool1', 'conv2']", {"pool1", "conv2"})):
+        net, left, loss_k, dx_k = runs[keep]
+        assert left == {"data", "label", "loss"} | extra, keep
+        assert loss_k == loss
+        np.testing.assert_array_equal(dx_k, dx)
+        for k, g in full.grads().items():
+            np.testing.assert_array_equal(net.grads()[k], g, err_msg=k)
+    net = skip_net(seed=1).astype(np.float64)
+    fc = net.forward(data=x["data"], until="fc", keep=False)
+    assert set(net.blobs) == {"data", "fc"} and net.blobs["fc"] is fc
+
+
+class _Twice(L.Layer):
+    """Two tops (x, 2x): a layer whose second top may get no gradient back."""
+    def coord_map(self):
+        return ((Fraction(1), Fraction(0)),) * 2
+
+    def _forward(self, x):
+        return x.copy(), 2 * x
+
+    def _backward(self, dtops, need, accumulate):
+        return dtops[0] + 2 * dtops[1]
+
+
+def test_forward_keep_false_keeps_a_multi_top_layers_tops(rng):
+    """b is read only as a Crop's reference, so backward brings it no gradient and makes
+    zeros shaped like it: forward(keep=False) must leave it."""
+    x, grads = rng.standard_normal((1, 3, 5, 5)).astype(np.float32), []
+    for keep in (True, False):
+        net = Net(inputs=["data"])
+        net.add("two", _Twice(), "data", ["a", "b"])
+        net.add("conv", L.Conv(3, 2, 3, pad=1, seed=0), "a")
+        net.add("crop", L.Crop(offset=0), ["conv", "b"])
+        out = net.forward(data=x, keep=keep)
+        assert {"a", "b"} <= set(net.blobs) and ("conv" in net.blobs) == keep
+        grads.append(net.backward({"crop": np.ones_like(out)}))
+    np.testing.assert_array_equal(grads[0], grads[1])

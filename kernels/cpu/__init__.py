@@ -52,12 +52,13 @@ if (not _USER_WAIT_POLICY and "NUMBA_THREADING_LAYER" not in os.environ
 from .conv import (conv2d, conv2d_backward, conv_transpose2d,  # noqa: E402
                    conv_transpose2d_backward)
 from .loss import softmax_cross_entropy  # noqa: E402
-from .pointwise import dropout, lrn, lrn_backward, relu, relu_backward  # noqa: E402
+from .pointwise import (dropout, lrn, lrn_backward, relu, relu_backward,  # noqa: E402
+                        relu_backward_bits, relu_bits)
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d,  # noqa: E402
                    max_pool2d_backward)
 from .solver import adam_update, sgd_update  # noqa: E402
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
            "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-           "relu", "relu_backward", "dropout", "lrn", "lrn_backward",
+           "relu", "relu_backward", "relu_bits", "relu_backward_bits", "dropout", "lrn", "lrn_backward",
            "softmax_cross_entropy", "sgd_update", "adam_update"]

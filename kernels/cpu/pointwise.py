@@ -26,6 +26,49 @@ def _relu_back(dout, x, slope, out):
         out[i] = dout[i] if x[i] > 0 else dout[i] * s
 
 
+# The bits variant keeps only where relu's output is > 0, packed 8 to a byte as np.packbits
+# does (first element in the high bit), so a net need not keep the float output for backward.
+# Both loops stay plain SIMD loops over a chunk: the compare goes to a byte a element, and
+# 8 bytes (read as one little-endian uint64, 0 or 1 each) pack to a byte by one multiply, or
+# a byte spreads back to 8 (the bit tricks of Hacker's Delight, ch. 7). Slices of a chunk,
+# not x[c * CH + i]: their indices are known >= 0, so Numba's wraparound check cannot block
+# vectorising (a loop indexing the whole array here ran 7x slower).
+_CHUNK = 4096                                         # elements a chunk: 512 bytes of bits
+_PACK, _SPREAD, _PICK = (np.uint64(v) for v in (0x8040201008040201, 0x0101010101010101,
+                                                0x0102040810204080))
+
+
+@njit(parallel=True, cache=True)
+def _relu_bits(x, slope, out, bits):
+    s, C = x.dtype.type(slope), _CHUNK
+    for c in prange((x.size + C - 1) // C):
+        xc, oc = x[c * C:(c + 1) * C], out[c * C:(c + 1) * C]
+        bc = bits[c * C // 8:(c + 1) * C // 8]
+        m = np.zeros(C, np.uint8)                     # zeros past the end: clear bits
+        for i in range(xc.size):
+            v = xc[i]
+            oc[i] = v if v > 0 else v * s
+            m[i] = v > 0
+        w = m.view(np.uint64)
+        for q in range(bc.size):                      # byte k of w -> bit 7 - k
+            bc[q] = (w[q] * _PACK) >> np.uint64(56)
+
+
+@njit(parallel=True, cache=True)
+def _relu_back_bits(dout, bits, slope, out):
+    s, C = dout.dtype.type(slope), _CHUNK
+    for c in prange((dout.size + C - 1) // C):
+        dc, oc = dout[c * C:(c + 1) * C], out[c * C:(c + 1) * C]
+        bc = bits[c * C // 8:(c + 1) * C // 8]
+        m = np.empty(C, np.uint8)
+        w = m.view(np.uint64)
+        for q in range(bc.size):                      # bit 7 - k -> byte k (0 or not)
+            w[q] = (np.uint64(bc[q]) * _SPREAD) & _PICK
+        for i in range(dc.size):
+            d = dc[i]
+            oc[i] = d if m[i] != 0 else d * s
+
+
 def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
@@ -39,6 +82,18 @@ def relu(x, slope):
 def relu_backward(dout, x, slope):
     out = np.empty(dout.shape, dtype=dout.dtype)
     _relu_back(_flat(dout), _flat(x), slope, out.reshape(-1))
+    return out
+
+
+def relu_bits(x, slope):
+    out, bits = np.empty(x.shape, dtype=x.dtype), np.empty((x.size + 7) // 8, np.uint8)
+    _relu_bits(_flat(x), slope, out.reshape(-1), bits)
+    return out, bits
+
+
+def relu_backward_bits(dout, bits, slope):
+    out = np.empty(dout.shape, dtype=dout.dtype)
+    _relu_back_bits(_flat(dout), bits, slope, out.reshape(-1))
     return out
 
 

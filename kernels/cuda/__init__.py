@@ -38,7 +38,8 @@ from .conv import (conv2d, conv2d_backward, conv_transpose2d,  # noqa: F401
 from .loss import softmax_cross_entropy  # noqa: F401
 from .pointwise import (concat, concat_backward, crop, crop_backward,  # noqa: F401
                         dropout, dropout_backward,
-                        eltwise_sum, lrn, lrn_backward, relu, relu_backward, scale)
+                        eltwise_sum, lrn, lrn_backward, relu, relu_backward,
+                        relu_backward_bits, relu_bits, scale)
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d,  # noqa: F401
                    max_pool2d_backward)
 from .score import argmax, confusion_update  # noqa: F401
@@ -51,7 +52,7 @@ __all__ = ["SIM", "cuda", "empty", "fill", "fill_channels", "flat", "is_device_a
            "sum_planes", "to_device", "to_host", "typed", "zeros", "gemm",
            "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
            "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-           "relu", "relu_backward", "dropout", "dropout_backward", "crop", "crop_backward",
+           "relu", "relu_backward", "relu_bits", "relu_backward_bits", "dropout", "dropout_backward", "crop", "crop_backward",
            "eltwise_sum", "scale", "concat", "concat_backward", "lrn", "lrn_backward",
            "softmax_cross_entropy",
            "sgd_update", "adam_update", "asarray", "zeros_like", "add", "accumulate",

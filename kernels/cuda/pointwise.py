@@ -48,6 +48,44 @@ def relu_backward(dout, x, slope):
     return dx
 
 
+@cuda.jit
+def _relu_bits_kernel(x, slope, y, bits):
+    # One thread a byte of bits: 8 elements, where y > 0 in np.packbits' order (high bit first)
+    for j in range(cuda.grid(1), bits.size, cuda.gridsize(1)):
+        b = 0
+        for k in range(8):
+            i = 8 * j + k
+            if i < x.size:
+                v = x[i]
+                y[i] = v if v > 0 else v * slope
+                if v > 0:
+                    b |= 128 >> k
+        bits[j] = b
+
+
+@cuda.jit
+def _relu_backward_bits_kernel(dout, bits, slope, dx):
+    for t in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
+        d = dout[t]
+        dx[t] = d if (bits[t >> 3] >> (7 - (t & 7))) & 1 else d * slope
+
+
+def relu_bits(x, slope):
+    """relu, and where its output is > 0 packed 8 to a byte (all that backward needs)."""
+    (x,) = on_device(x)
+    y, bits = empty(x.shape, x.dtype), empty(((x.size + 7) // 8,), np.uint8)
+    _relu_bits_kernel[launch(bits.size)](flat(x), x.dtype.type(slope), flat(y), bits)
+    return y, bits
+
+
+def relu_backward_bits(dout, bits, slope):
+    dout, bits = on_device(dout, bits)
+    dx = empty(dout.shape, dout.dtype)
+    _relu_backward_bits_kernel[launch(dout.size)](flat(dout), bits, dout.dtype.type(slope),
+                                                  flat(dx))
+    return dx
+
+
 DROPOUT_BLOCKS = 1 if SIM else 64     # random streams = DROPOUT_BLOCKS * THREADS
 
 

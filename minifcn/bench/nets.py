@@ -40,9 +40,9 @@ def net_flops(net, shapes):
 
 def train_step(net, solver, x, lab):
     """One training step, as the Trainer takes it: forward, then backward with each gradient
-    applied as it is made (Solver.during_backward)."""
+    applied as it is made (Solver.during_backward), each blob dropped once read."""
     net.train()
-    net.forward(data=x, label=lab)
+    net.forward(data=x, label=lab, keep=False)
     with solver.during_backward():
         net.backward(input_grads=False)
 
