@@ -82,9 +82,10 @@ def to_rgb(image, what="image"):
 
 
 def forward_bytes(net, hw, dtype=np.float32, out="score"):
-    """Bytes a forward pass at input size hw keeps: every blob up to `out` (Net.forward keeps
-    them all), from shape arithmetic (coordmap.blob_shapes), plus the parameters. A floor: a
-    convolution's im2col workspace comes on top while it runs."""
+    """Bytes a keep-all forward pass at input size hw holds: every blob up to `out`, from shape
+    arithmetic (coordmap.blob_shapes), plus the parameters. A convolution's im2col workspace
+    comes on top while it runs; Model's forward drops each blob once read (FCN-8s at 500x500:
+    a peak of 1.1 GB over the imports, not 1.5), so for it this is a margin."""
     from .coordmap import blob_shapes
     size = np.dtype(dtype).itemsize
     shapes = blob_shapes(net, tuple(hw))
@@ -151,7 +152,12 @@ class Model:
         rgb = to_rgb(image)
         check_memory(self.net, rgb.shape[:2], image if isinstance(image, str) else "image",
                      out=self.out)
-        s = self.net.forward(data=self._input(rgb), until=self.out)
+        # No backward follows: each blob goes once read, and what the layers saved for a
+        # backward goes after, so a Model holds no activations between images
+        s = self.net.forward(data=self._input(rgb), until=self.out, keep=False)
+        for layer in self.net.layers.values():
+            layer.release()
+        self.net.released = True             # (a backward now asks for a forward again)
         return s, rgb
 
     def predict(self, image, probabilities=False):

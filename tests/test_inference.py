@@ -87,10 +87,27 @@ def test_load_says_what_is_missing_or_contradicts(ckpt, tmp_path):
 def test_forward_bytes_is_what_a_forward_pass_keeps(ckpt):
     model = minifcn.load(ckpt)
     rgb = np.zeros((33, 41, 3), np.uint8)
-    model.predict(rgb)
+    model.net.forward(data=model._input(rgb), until="score")      # keep-all
     kept = sum(v.nbytes for v in model.net.blobs.values())
     params = sum(v.nbytes for v in model.net.params().values())
     assert inference.forward_bytes(model.net, (33, 41)) == kept + params
+
+
+def test_a_model_holds_no_activations_between_images(ckpt, photo):
+    """predict's forward drops each blob once read and then what the layers saved for a
+    backward (none follows): the same mask as a keep-all forward, and nothing left behind
+    but the image and the scores; a backward then asks for a forward."""
+    _, rgb = photo
+    model = minifcn.load(ckpt)
+    mask = model.predict(rgb)
+    net = model.net
+    assert set(net.blobs) == {"data", "score"}
+    assert all(getattr(layer, k, None) is None for layer in net.layers.values()
+               for k in layer.saved)
+    with pytest.raises(ValueError, match="needs forward again"):
+        net.backward({"score": np.ones_like(net.blobs["score"])})
+    scores = net.forward(data=model._input(rgb), until="score")
+    np.testing.assert_array_equal(scores.argmax(axis=1)[0], mask)
 
 
 def run(argv, capsys):
