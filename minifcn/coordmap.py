@@ -150,8 +150,6 @@ def fmt_map(m):
     return ", ".join(f"{ax}: a={a}, b={b}" for ax, (a, b) in zip("hw", m))
 
 
-
-
 # ----------------------------------------------------------------------------- receptive fields
 def _extents(net, input_blob=None):
     """{node: [(lo, hi, stride) per axis]} for every node reached from the input."""

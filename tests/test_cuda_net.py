@@ -278,15 +278,17 @@ class Batches:
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_gradients_applied_during_backward_equal_cpu(optimizer, rng):
-    """The Trainer's one-pass step (Solver.during_backward) on cuda: two steps end with cpu's
-    parameters, and the applied gradients are left as zeros on the device."""
+    """The Trainer's one-pass step (a forward that drops each blob once read, ReLU's sign
+    bits, Solver.during_backward) on cuda: two steps end with cpu's parameters, and the
+    applied gradients are left as zeros on the device."""
     batch = feed(rng, classes=3)
     nets = {}
     for device in ("cpu", "cuda"):
         net = small_net(seed=7).to(device)
         solver = make_solver(net, optimizer, lr=0.05, momentum=0.9, weight_decay=1e-3)
         for _ in range(2):
-            net.forward(**batch)
+            net.forward(**batch, keep=False)
+            assert set(net.blobs) == set(net.inputs + net.outputs)
             with solver.during_backward():
                 net.backward(input_grads=False)
         nets[device] = net

@@ -60,5 +60,6 @@ from .solver import adam_update, sgd_update  # noqa: E402
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
            "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-           "relu", "relu_backward", "relu_bits", "relu_backward_bits", "dropout", "lrn", "lrn_backward",
+           "relu", "relu_backward", "relu_bits", "relu_backward_bits", "dropout", "lrn",
+           "lrn_backward",
            "softmax_cross_entropy", "sgd_update", "adam_update"]
