@@ -65,12 +65,12 @@ def conv2d_output_shape(x_shape, w_shape, stride=1, pad=0, dilation=1):
             conv_out(x_shape[3], w_shape[3], sw, pw, dw))
 
 
-def _conv_args(op, x, w, b, stride, pad, dilation, groups):
+def _conv_args(op, x, w, b, stride, pad, dilation, groups, dout=None):
     stride, pad = pair(stride, "stride"), pair(pad, "pad")
     dilation = pair(dilation, "dilation")
     _check_ndim(op, "x", x, 4)
     _check_ndim(op, "w", w, 4)
-    _check_arrays(op, x=x, w=w, b=b)
+    _check_arrays(op, x=x, w=w, b=b, dout=dout)
     _check_geometry(op, w.shape[2:], stride, pad, dilation)
     groups = int(groups)
     if groups < 1 or w.shape[0] % groups:
@@ -100,18 +100,17 @@ def conv2d_backward(dout, x, w, stride=1, pad=0, dilation=1, groups=1, *, need_d
     need_dx / need_dw = False skip work nobody wants (the image's gradient, a frozen weight)
     and return None in that place."""
     stride, pad, dilation, groups, out = _conv_args("conv2d_backward", x, w, None, stride, pad,
-                                                    dilation, groups)
-    _check_arrays("conv2d_backward", dout=dout, x=x)
+                                                    dilation, groups, dout)
     _check_same_shape("conv2d_backward", "dout", dout, out)
     return get("conv2d_backward", device)(dout, x, w, stride, pad, dilation, groups,
                                           need_dx, need_dw)
 
 
-def _deconv_args(op, x, w, b, stride, pad):
+def _deconv_args(op, x, w, b, stride, pad, dout=None):
     stride, pad = pair(stride, "stride"), pair(pad, "pad")
     _check_ndim(op, "x", x, 4)
     _check_ndim(op, "w", w, 4)
-    _check_arrays(op, x=x, w=w, b=b)
+    _check_arrays(op, x=x, w=w, b=b, dout=dout)
     _check_geometry(op, w.shape[2:], stride, pad)
     if w.shape[0] != x.shape[1]:
         raise ValueError(f"{op}: x has {x.shape[1]} channels but w {tuple(w.shape)} expects "
@@ -134,8 +133,7 @@ def conv_transpose2d(x, w, b=None, stride=1, pad=0, *, device=None):
 def conv_transpose2d_backward(dout, x, w, stride=1, pad=0, *, need_dx=True, need_dw=True,
                               device=None):
     """-> (dx, dw, db) of conv_transpose2d."""
-    stride, pad, out = _deconv_args("conv_transpose2d_backward", x, w, None, stride, pad)
-    _check_arrays("conv_transpose2d_backward", dout=dout, x=x)
+    stride, pad, out = _deconv_args("conv_transpose2d_backward", x, w, None, stride, pad, dout)
     _check_same_shape("conv_transpose2d_backward", "dout", dout, out)
     return get("conv_transpose2d_backward", device)(dout, x, w, stride, pad, need_dx, need_dw)
 

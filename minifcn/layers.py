@@ -48,8 +48,7 @@ class Layer:
     grad_sink = None         # f(param, grad, accumulate, rows=None) applies a gradient (above)
 
     def __init__(self):
-        self.params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
+        self.params, self.grads = {}, {}            # name -> array (grads: the last backward's)
         self.lr_mult, self.decay_mult = {}, {}      # name -> float: the solver's multipliers
         self.device = None          # None: the current default device
         self.training = True
@@ -229,8 +228,7 @@ class Conv(Window):
         self.kernel, self.stride = pair(kernel, "kernel"), pair(stride, "stride")
         self.pad, self.dilation = pair(pad, "pad"), pair(dilation, "dilation")
         if self.in_ch % self.groups or self.out_ch % self.groups:
-            raise ValueError(f"Conv: in_ch {in_ch} and out_ch {out_ch} must divide by groups "
-                             f"{groups}")
+            raise ValueError(f"Conv: in_ch {in_ch}, out_ch {out_ch} must divide by groups {groups}")
         shape = (self.out_ch, self.in_ch // self.groups) + self.kernel
         fan_in = shape[1] * shape[2] * shape[3]
         self._param("weight", init_weight(shape, init, _rng(seed), fan_in, dtype).astype(

@@ -111,11 +111,11 @@ class Net:
         if missing or unknown:
             raise ValueError(f"{self.name}: forward needs inputs {self.inputs}; missing "
                              f"{missing}, unknown {unknown}")
+        last = {} if keep is True else {b: n for n in names for b in self.bottoms[n]}
+        kept = self._kept(keep) | {until} if last else ()
         # host inputs go to the device, once
         blobs = self.blobs = {k: F.asarray(v, device=self.device) for k, v in inputs.items()}
         self.released = False            # what backward needs is there again
-        last = {} if keep is True else {b: n for n in names for b in self.bottoms[n]}
-        kept = set(keep or ()) | set(self.inputs + self.outputs) | {until} if last else ()
         for name in names:
             layer = self.layers[name]
             t0 = time.perf_counter()
@@ -136,6 +136,13 @@ class Net:
             return blobs[until]
         outs = self.outputs
         return blobs[outs[0]] if len(outs) == 1 else {o: blobs[o] for o in outs}
+
+    def _kept(self, keep):
+        """keep=[names] (or one name) as a set, each checked, with the inputs and outputs."""
+        names = {keep} if isinstance(keep, str) else set(keep or ())
+        if names - set(self.producer):
+            raise ValueError(f"{self.name}: keep: no blob {sorted(names - set(self.producer))}")
+        return names | set(self.inputs + self.outputs)
 
     def _needs_grad(self, input_grads):
         """Which blobs need a gradient: those from which a trainable parameter or a wanted
@@ -160,10 +167,7 @@ class Net:
         earlier layer reads (inputs, outputs stay); keep=True keeps all, keep=[names] those.
         Returns the gradient of the float inputs: one array, or a dict when there are several.
         """
-        diffs = {}
-        for name, layer in self.layers.items():
-            if layer.is_loss:
-                diffs[self.tops[name][0]] = 1.0
+        diffs = {self.tops[n][0]: 1.0 for n, layer in self.layers.items() if layer.is_loss}
         for blob, d in (grads or {}).items():
             if blob not in self.producer:
                 raise ValueError(f"{self.name}: backward got a gradient for unknown blob {blob!r}")
@@ -174,7 +178,7 @@ class Net:
         if self.released:
             raise ValueError(f"{self.name}: a second backward needs forward again (or keep=True)")
         need = self._needs_grad(input_grads)
-        kept = set(self.blobs if keep is True else keep or ()) | set(self.inputs + self.outputs)
+        kept = set(self.blobs) if keep is True else self._kept(keep)
         for name, layer in reversed(self.layers.items()):
             self._backward_layer(name, layer, diffs, need, accumulate, hook)
             if keep is not True:           # nothing before this layer reads these: drop them

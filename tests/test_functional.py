@@ -369,6 +369,11 @@ def test_float32_stays_float32(rng):
     (lambda: F.softmax_cross_entropy(np.zeros((1, 3, 2, 2)), np.zeros((1, 2, 3), int)), ["(1, 2, 3)"]),
     (lambda: F.softmax_cross_entropy(np.zeros((1, 3, 2, 2)), np.zeros((1, 2, 2))), ["integers"]),
     (lambda: F.conv2d_backward(np.zeros((1, 4, 2, 2)), np.zeros((1, 3, 5, 5)), np.zeros((4, 3, 3, 3))), ["dout", "(1, 4, 3, 3)"]),
+    (lambda: F.conv2d_backward(np.zeros((1, 4, 3, 3), np.float32), np.zeros((1, 3, 5, 5)),
+                               np.zeros((4, 3, 3, 3))), ["conv2d_backward", "dout float32"]),
+    (lambda: F.conv_transpose2d_backward(np.zeros((1, 4, 7, 7), np.int32), np.zeros((1, 3, 5, 5)),
+                                         np.zeros((3, 4, 3, 3))), ["dout has dtype int32"]),
+    (lambda: F.relu_backward(np.zeros(9), np.zeros(1, np.uint8)), ["bits", "(1,)", "(2,)"]),
 ])
 def test_errors_name_what_and_where(call, words):
     with pytest.raises(ValueError) as e:

@@ -281,6 +281,27 @@ def test_forward_keep_false_drops_read_blobs_and_backward_is_unchanged(rng):
     net = skip_net(seed=1).astype(np.float64)
     fc = net.forward(data=x["data"], until="fc", keep=False)
     assert set(net.blobs) == {"data", "fc"} and net.blobs["fc"] is fc
+    net.forward(**x, keep="pool1")                     # one name alone: not its letters
+    assert set(net.blobs) == {"data", "label", "loss", "pool1"}
+
+
+def test_keep_names_are_checked_before_any_work(rng):
+    """A name in keep that is no blob of the net is refused, naming it, before forward
+    touches the net's blobs or backward the gradients."""
+    x = {"data": rng.standard_normal((1, 3, 13, 11)).astype(np.float32),
+         "label": rng.integers(0, 3, (1, 13, 11))}
+    net = skip_net()
+    net.forward(**x)
+    before = dict(net.blobs)
+    with pytest.raises(ValueError, match=r"keep: no blob \['pool_1'\]"):
+        net.forward(**x, keep=["pool1", "pool_1"])
+    assert set(net.blobs) == set(before) and all(net.blobs[k] is v for k, v in before.items())
+    grads = {k: g.copy() for k, g in net.grads().items()}
+    with pytest.raises(ValueError, match=r"keep: no blob \['fusion'\]"):
+        net.backward(keep=["fusion"])
+    assert set(net.blobs) == set(before)
+    for k, g in net.grads().items():
+        np.testing.assert_array_equal(g, grads[k], err_msg=k)
 
 
 class _Twice(L.Layer):
