@@ -209,6 +209,7 @@ class Comm:
         a collective this rank will never reach, and would wait for ever."""
         sys.stderr.write(message.rstrip("\n") + "\n")
         sys.stderr.flush()
+        time.sleep(0.5)    # let the launcher forward it: MPI_Abort's tear-down may drop it
         self.comm.Abort(code)
         os._exit(code)                       # should Abort return before the launcher kills us
 
