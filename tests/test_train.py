@@ -188,12 +188,17 @@ def test_gradients_applied_during_backward_cannot_accumulate(rng, monkeypatch, b
 
 def test_trainer_applies_gradients_during_backward_unless_iter_size(tmp_path, shapes):
     """One pass: the gradients are applied and dropped as backward goes (they read as zeros
-    after a step); iter_size 2 keeps them whole for the sum, then steps."""
+    after a step); iter_size 2 keeps them whole for the sum, then steps. Either way the
+    forward leaves backward only the inputs and what the loss layer reads and writes."""
     for iter_size, dropped in ((1, True), (2, False)):
         t = make_trainer(tmp_path / str(iter_size), shapes, iter_size=iter_size)
+        left, backward = [], t.net.backward           # what forward left for backward
+        t.net.backward = lambda *a, **k: left.append(set(t.net.blobs)) or backward(*a, **k)
         t.step()
         assert t.solver.iter == 1
         assert all(not np.any(g) for g in t.net.grads().values()) == dropped
+        # the forward dropped each blob once read, but what the loss reads back
+        assert left == [{"data", "label", "score", "loss"}] * iter_size
 
 
 def test_loss_sampling_keeps_a_fraction(tmp_path, shapes):

@@ -38,13 +38,20 @@ _PACK, _SPREAD, _PICK = (np.uint64(v) for v in (0x8040201008040201, 0x0101010101
                                                 0x0102040810204080))
 
 
+@njit(cache=True)
+def _chunk(c, a, out, bits):
+    """Chunk c of a flat array, of the output and of the bits (the last chunk may be short)."""
+    C = _CHUNK
+    return a[c * C:(c + 1) * C], out[c * C:(c + 1) * C], bits[c * C // 8:(c + 1) * C // 8]
+
+
 @njit(parallel=True, cache=True)
 def _relu_bits(x, slope, out, bits):
-    s, C = x.dtype.type(slope), _CHUNK
-    for c in prange((x.size + C - 1) // C):
-        xc, oc = x[c * C:(c + 1) * C], out[c * C:(c + 1) * C]
-        bc = bits[c * C // 8:(c + 1) * C // 8]
-        m = np.zeros(C, np.uint8)                     # zeros past the end: clear bits
+    s = x.dtype.type(slope)
+    for c in prange((x.size + _CHUNK - 1) // _CHUNK):
+        xc, oc, bc = _chunk(c, x, out, bits)
+        m = np.empty(_CHUNK, np.uint8)
+        m[xc.size:] = 0                               # past the end: clear bits
         for i in range(xc.size):
             v = xc[i]
             oc[i] = v if v > 0 else v * s
@@ -56,11 +63,10 @@ def _relu_bits(x, slope, out, bits):
 
 @njit(parallel=True, cache=True)
 def _relu_back_bits(dout, bits, slope, out):
-    s, C = dout.dtype.type(slope), _CHUNK
-    for c in prange((dout.size + C - 1) // C):
-        dc, oc = dout[c * C:(c + 1) * C], out[c * C:(c + 1) * C]
-        bc = bits[c * C // 8:(c + 1) * C // 8]
-        m = np.empty(C, np.uint8)
+    s = dout.dtype.type(slope)
+    for c in prange((dout.size + _CHUNK - 1) // _CHUNK):
+        dc, oc, bc = _chunk(c, dout, out, bits)
+        m = np.empty(_CHUNK, np.uint8)
         w = m.view(np.uint64)
         for q in range(bc.size):                      # bit 7 - k -> byte k (0 or not)
             w[q] = (np.uint64(bc[q]) * _SPREAD) & _PICK
