@@ -73,8 +73,9 @@ if __name__ == "__main__":
         print(json.dumps(torch_side(json.loads(sys.stdin.read()))))
         sys.exit()
     rows = ours()
+    from minifcn.bench.workers import user_env     # without our OMP settings
     run = subprocess.run([sys.executable, __file__, "torch"], input=json.dumps(rows),
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=user_env())
     if run.returncode == 0:
         rows = json.loads(run.stdout)
     else:

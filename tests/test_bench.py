@@ -79,6 +79,9 @@ def test_torch_side_by_side(quick):
     for sec in ("convs", "pools", "deconvs", "loss", "fcn", "patches", "tiny", "memory"):
         assert any(r["impl"] == "torch" for r in res[sec]), sec
     assert "cpu/torch f+b" in md
+    from minifcn.kernels.cpu import SET_BY_US                 # ours, not in PyTorch's process
+    tenv = res["machine"]["torch"]["env"]
+    assert not any(tenv.get(k) == v for k, v in SET_BY_US.items())
 
 
 def test_cuda_quick_on_the_simulator(capsys):

@@ -26,8 +26,10 @@ import sys
 # Measured on the 2-core dev machine, a tiny FCN-8s training step (batch 8, 64x64): 444 ms
 # with spinning, 125 ms with passive waiting. Only set if the user has not chosen; read by
 # libgomp when Numba first starts its threads. (minifcn bench reports _USER_WAIT_POLICY.)
+# SET_BY_US is what the bench leaves out of PyTorch's environment (its libgomp reads it too).
 _USER_WAIT_POLICY = "OMP_WAIT_POLICY" in os.environ
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+SET_BY_US = {} if _USER_WAIT_POLICY else {"OMP_WAIT_POLICY": "PASSIVE"}
+os.environ.update(SET_BY_US)
 
 
 def _openmp_already_loaded():

@@ -34,7 +34,7 @@ def _note(msg):
 def allreduce_rows(cfg, with_torch=False):
     """The section's rows: one process alone (1 rank), then two under mpiexec."""
     from .. import distributed
-    from .workers import run_worker
+    from .workers import run_worker, user_env
     try:
         import mpi4py  # noqa: F401
         mpiexec = distributed.find_mpiexec()
@@ -48,7 +48,7 @@ def allreduce_rows(cfg, with_torch=False):
     # compute alone), then 2 ranks
     for ranks, threads in sorted({(1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))},
                                  key=lambda rt: (rt[0], -rt[1])):
-        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+        env = dict(user_env(), NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                    OPENBLAS_NUM_THREADS=str(threads))
         prefix = [mpiexec, "-n", str(ranks)] if ranks > 1 else []
         res = run_worker("allreduce", cfg, threads=threads, prefix=prefix, env=env)

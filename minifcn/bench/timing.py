@@ -125,12 +125,14 @@ def machine_info():
         layer = numba.threading_layer()
     except ValueError:                      # no parallel kernel has run yet
         layer = "not yet initialised"
-    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
-                                      "NUMBA_THREADING_LAYER") if k in os.environ}
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                                      "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
+           if k in os.environ}
     env.update(blas_env_note())
     cpu_mod = sys.modules.get("minifcn.kernels.cpu")
-    if "OMP_WAIT_POLICY" in env and cpu_mod and not cpu_mod._USER_WAIT_POLICY:
-        env["OMP_WAIT_POLICY"] += " (set by minifcn's cpu kernels)"
+    for k in getattr(cpu_mod, "SET_BY_US", {}):
+        if k in env:
+            env[k] += " (set by minifcn's cpu kernels; not in PyTorch's process)"
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__,
@@ -150,7 +152,9 @@ def format_machine(info):
         line += f" | SGEMM 2048^3: {info['sgemm_gflops']:.0f} GFLOP/s"
     if info.get("torch"):
         t = info["torch"]
-        line += f" | torch {t['version']} ({t['threads']} threads, {t.get('blas', '?')})"
+        tenv = ", ".join(f"{k}={v}" for k, v in t.get("env", {}).items()) or "none"
+        line += (f" | torch {t['version']} ({t['threads']} threads, {t.get('blas', '?')}; "
+                 f"env: {tenv})")
     return line
 
 

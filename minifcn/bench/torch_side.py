@@ -7,6 +7,7 @@ computation. PyTorch is imported only here and only in PyTorch's own process (wo
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 
 import numpy as np
@@ -22,13 +23,17 @@ def import_torch():
 
 
 def torch_info():
-    """PyTorch's version, threads and the BLAS it was built with (for the report's machine)."""
+    """PyTorch's version, threads, the BLAS it was built with and the OpenMP settings its
+    process runs with (for the report's machine)."""
     torch = import_torch()
     cfg = torch.__config__.show()
     blas = "MKL" if "MKL" in cfg else ("OpenBLAS" if "OpenBLAS" in cfg else "?")
     if "oneDNN" in cfg or "MKLDNN" in cfg:
         blas += " + oneDNN"
-    return {"version": torch.__version__, "threads": torch.get_num_threads(), "blas": blas}
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+           if k in os.environ}
+    return {"version": torch.__version__, "threads": torch.get_num_threads(), "blas": blas,
+            "env": env}
 
 
 class TorchNet:

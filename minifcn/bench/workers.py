@@ -1,5 +1,6 @@
 """The bench's other processes. PyTorch always runs in a process of its own, so that neither
-library's thread pools nor environment (OMP_WAIT_POLICY, thread counts) touch the other's:
+library's thread pools nor environment (OMP_WAIT_POLICY, thread counts) touch the other's
+(user_env: each gets the environment as the user gave it):
 
   TorchProcess   a long-lived PyTorch process timing one section per request (JSON lines on
                  its stdin / stdout), so that its rounds interleave with ours
@@ -10,6 +11,7 @@ library's thread pools nor environment (OMP_WAIT_POLICY, thread counts) touch th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,6 +22,16 @@ from .torch_side import import_torch, mirror_check, torch_info
 WORKER = [sys.executable, "-m", "minifcn.bench", "--worker"]
 
 
+def user_env():
+    """This process's environment without what minifcn's cpu kernels set for Numba's threads
+    (kernels/cpu/__init__.py: SET_BY_US), for a worker: a PyTorch process's own libgomp would
+    read OMP_WAIT_POLICY=PASSIVE too (its tiny step took 49-60 ms so against 32-41 ms as it
+    comes: 2-core dev machine, 2026-12-04), and ours sets them again itself. A value the user
+    set is kept."""
+    ours = getattr(sys.modules.get("minifcn.kernels.cpu"), "SET_BY_US", {})
+    return {k: v for k, v in os.environ.items() if ours.get(k) != v}
+
+
 class TorchProcess:
     """PyTorch in its own long-lived process; hello is its first message: {"info": ...,
     "mirror_check": ...} or {"error": ...}."""
@@ -27,7 +39,8 @@ class TorchProcess:
     def __init__(self, threads=None):
         self.p = subprocess.Popen(WORKER + [json.dumps({"kind": "torch-loop",
                                                         "threads": threads})],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=user_env())
         self.hello = self._read()
 
     def _read(self):
@@ -89,7 +102,7 @@ def run_worker(kind, cfg, sections=(), threads=None, timeout=900, prefix=(), env
                        "threads": threads})
     try:
         p = subprocess.run(list(prefix) + WORKER + [spec], capture_output=True, text=True,
-                           timeout=timeout, env=env)
+                           timeout=timeout, env=user_env() if env is None else env)
     except subprocess.TimeoutExpired:
         return {"error": f"{kind} worker timed out after {timeout} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
