@@ -234,3 +234,30 @@ def test_mid_sized_convs_are_the_same_bits_on_one_thread(rng):
         for a, b in zip(*runs):
             np.testing.assert_array_equal(a, b)
         close(runs[0][0], F.conv2d(x, w, None, pad=1, device="numpy"), np.float32)
+
+
+@pytest.mark.parametrize("user", [{}, {"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"}],
+                         ids=["unset", "user-policy", "user-spincount"])
+def test_wait_policy_is_ours_only_where_the_user_chose_none(user):
+    """In a clean environment the cpu kernels set a short spin then sleep (before Numba's
+    OpenMP threads start) and say so in SET_BY_US, which the bench keeps out of PyTorch's
+    process; a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is and nothing is set."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(user)
+    code = ("import json, os; from minifcn.kernels import cpu; from minifcn.bench import workers;"
+            "print(json.dumps([cpu.SET_BY_US, {k: os.environ.get(k) for k in "
+            "('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}, {k: workers.user_env().get(k) for k in "
+            "('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    ours, seen, for_workers = json.loads(out.splitlines()[-1])
+    given = {k: user.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if user:
+        assert ours == {} and seen == given and for_workers == given
+    else:
+        assert set(ours) == {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} and seen == ours
+        assert for_workers == given            # PyTorch's process sees none of it

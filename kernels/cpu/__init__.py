@@ -21,14 +21,21 @@ from __future__ import annotations
 import os
 import sys
 
-# Numba's OpenMP threads spin after each parallel loop, and so do OpenBLAS's after each GEMM;
-# with 2 cores the two pools then fight for them and every kernel waits for a time slice.
-# Measured on the 2-core dev machine, a tiny FCN-8s training step (batch 8, 64x64): 444 ms
-# with spinning, 125 ms with passive waiting. Only set if the user has not chosen; read by
-# libgomp when Numba first starts its threads. (minifcn bench reports _USER_WAIT_POLICY.)
-# SET_BY_US is what the bench leaves out of PyTorch's environment (its libgomp reads it too).
-_USER_WAIT_POLICY = "OMP_WAIT_POLICY" in os.environ
-SET_BY_US = {} if _USER_WAIT_POLICY else {"OMP_WAIT_POLICY": "PASSIVE"}
+# Numba's OpenMP threads spin after each parallel loop (libgomp's default: about 3 ms), and so
+# do OpenBLAS's after each GEMM; with 2 cores the two pools then fight for them and every
+# kernel waits for a time slice: a tiny FCN-8s training step (batch 8, 64x64) took 444 ms
+# spinning, 125 ms waiting passively (2-core dev machine, 2026-11). But a sleeping thread
+# costs a wake-up, ~50 us there, at every parallel loop, and a step runs hundreds. So the
+# threads spin briefly and then sleep: GOMP_SPINCOUNT=3000 is 30-100 us there, long enough
+# for the next kernel of a layer-by-layer step, too short to starve OpenBLAS (a GEMM that
+# needs both cores is milliseconds). Since small GEMMs run on one thread (threads.py), the
+# tiny step went 62 -> 47 ms with it (median of 12, alternating; benchmarks/RESULTS.md).
+# PASSIVE stays for OpenMP runtimes other than libgomp. Only set if the user chose neither;
+# read by libgomp when Numba first starts its threads. SET_BY_US is what the bench leaves
+# out of PyTorch's environment (its own libgomp would read it too).
+_USER_WAIT_POLICY = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+SET_BY_US = {} if _USER_WAIT_POLICY else {"OMP_WAIT_POLICY": "PASSIVE",
+                                          "GOMP_SPINCOUNT": "3000"}
 os.environ.update(SET_BY_US)
 
 
