@@ -1,8 +1,8 @@
 """The fast routes of kernels/cpu/, each forced on small shapes and compared with the numpy
 reference: Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (forward, dx, dw), dx as a
 convolution of dout, the depthwise transposed convolution of a diagonal (bilinear) weight,
-the 2x2 max-pool kernel and its first-maximum-wins rule on ties, and scratch reuse across
-calls of different sizes.
+the 2x2 max-pool kernel and its first-maximum-wins rule on ties, im2col's flat copy for
+"same" convolutions of stride 1, and scratch reuse across calls of different sizes.
 On real sizes these routes are chosen by thresholds; here the thresholds are lowered so that
 tiny shapes take them."""
 import numpy as np
@@ -121,6 +121,33 @@ def test_dense_deconv_is_not_diagonal(rng):
 
 
 # rows short and long (4, 50), heights even and odd
+def test_flat_im2col_is_the_row_by_row_one():
+    """_im2col_flat (stride 1, Wo == W) writes exactly what _im2col_rows writes, every entry
+    (the column matrix starts as NaN): taps that reach past every edge, dilations, row pads
+    unlike column pads (Ho != H), tiles of rows and of images, a channel offset."""
+    import itertools
+    from minifcn.kernels.cpu import im2col
+    from minifcn.kernels.geometry import conv_out
+    rng = np.random.default_rng(0)
+    cases = 0
+    for H, W, k, d, ph in itertools.product([1, 3, 6], [1, 2, 5], [1, 3, 5], [1, 2], [0, 1, 4]):
+        pw = d * (k - 1) // 2
+        Ho = conv_out(H, k, 1, ph, d)
+        if Ho <= 0 or d * (k - 1) % 2:
+            continue
+        x = rng.standard_normal((3, 3, H, W))
+        for (n0, n1), (r0, r1) in itertools.product([(0, 3), (1, 2)], {(0, Ho), (Ho // 2, Ho)}):
+            if r1 <= r0:
+                continue
+            m = (n1 - n0) * (r1 - r0) * W
+            a, b = np.full((2 * k * k, m), np.nan), np.full((2 * k * k, m), np.nan)
+            im2col._im2col_rows(x, n0, n1, 1, 2, k, k, 1, 1, ph, pw, d, d, r0, r1, W, a)
+            im2col._im2col_flat(x, n0, n1, 1, 2, k, k, ph, pw, d, d, r0, r1, b)
+            assert np.array_equal(a, b), (H, W, k, d, ph, n0, n1, r0, r1)
+            cases += 1
+    assert cases > 100
+
+
 @pytest.mark.parametrize("h,w,ceil", [(6, 6, True), (7, 5, True), (7, 5, False), (1, 1, True),
                                       (4, 50, True), (5, 52, False)])
 def test_max_pool_2x2_ties_and_edges(rng, h, w, ceil):
