@@ -30,6 +30,7 @@ import sys
 # for the next kernel of a layer-by-layer step, too short to starve OpenBLAS (a GEMM that
 # needs both cores is milliseconds). Since small GEMMs run on one thread (threads.py), the
 # tiny step went 62 -> 47 ms with it (median of 12, alternating; benchmarks/RESULTS.md).
+# Beside other busy processes it can cost instead (up to a third there): GOMP_SPINCOUNT=0.
 # PASSIVE stays for OpenMP runtimes other than libgomp. Only set if the user chose neither;
 # read by libgomp when Numba first starts its threads. SET_BY_US is what the bench leaves
 # out of PyTorch's environment (its own libgomp would read it too).
