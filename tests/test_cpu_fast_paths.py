@@ -142,7 +142,8 @@ def test_flat_im2col_is_the_row_by_row_one():
             m = (n1 - n0) * (r1 - r0) * W
             a, b = np.full((2 * k * k, m), np.nan), np.full((2 * k * k, m), np.nan)
             im2col._im2col_rows(x, n0, n1, 1, 2, k, k, 1, 1, ph, pw, d, d, r0, r1, W, a)
-            im2col._im2col_flat(x, n0, n1, 1, 2, k, k, ph, pw, d, d, r0, r1, b)
+            im2col._im2col_flat(x.reshape(3, 3, H * W), W, n0, n1, 1, 2, k, k, ph, pw, d, d, r0,
+                                r1, b)
             assert np.array_equal(a, b), (H, W, k, d, ph, n0, n1, r0, r1)
             cases += 1
     assert cases > 100

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 
+import numba
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -67,9 +68,13 @@ def _scratch_matrix(slot, rows, cols, dtype):
 def _im2col(x, n0, n1, c0, C, kh, kw, sh, sw, ph, pw, dh, dw, r0, r1, Wo, col):
     """col[(c*kh + i)*kw + j, ((n - n0)*R + oh - r0)*Wo + ow] = xpad[n, c0 + c, oh*sh + i*dh,
     ow*sw + j*dw] for images n0..n1 and output rows r0..r1 (R = r1 - r0); zero in the padding.
-    A "same" convolution of stride 1 on a contiguous x takes _im2col_flat."""
-    if sh == sw == 1 and Wo == x.shape[3] and x.flags.c_contiguous:
-        _im2col_flat(x, n0, n1, c0, C, kh, kw, ph, pw, dh, dw, r0, r1, col)
+    A "same" convolution of stride 1 on a contiguous x takes _im2col_flat, when it has image
+    channels enough to share among the threads (its tasks; conv1_1's 3 are not: 2x slower)."""
+    N, Cx, H, W = x.shape
+    if sh == sw == 1 and Wo == W and x.flags.c_contiguous and \
+            (n1 - n0) * C >= 4 * numba.get_num_threads():
+        _im2col_flat(x.reshape(N, Cx, H * W), W, n0, n1, c0, C, kh, kw, ph, pw, dh, dw, r0, r1,
+                     col)
     else:
         _im2col_rows(x, n0, n1, c0, C, kh, kw, sh, sw, ph, pw, dh, dw, r0, r1, Wo, col)
 
@@ -112,44 +117,44 @@ def _im2col_rows(x, n0, n1, c0, C, kh, kw, sh, sw, ph, pw, dh, dw, r0, r1, Wo, c
 
 
 @njit(parallel=True, cache=True)
-def _im2col_flat(x, n0, n1, c0, C, kh, kw, ph, pw, dh, dw, r0, r1, col):
-    """_im2col when the stride is 1 and Wo == W: output rows then step through the image as
-    its rows do, so all the rows one tap reads inside the image are a single run of the
-    flattened plane, shifted by the tap's offset. One long copy (it vectorises), then the
+def _im2col_flat(x, W, n0, n1, c0, C, kh, kw, ph, pw, dh, dw, r0, r1, col):
+    """_im2col when the stride is 1 and Wo == W, on x as (N, C, H*W): output rows then step
+    through the image as its rows do, so all the rows one tap reads inside the image are a
+    single run of the flattened plane, shifted by the tap's offset. One long copy, then the
     columns that wrapped round to the neighbouring row are zeroed. One task per image
-    channel. Where rows are short it beats _im2col_rows (2-core dev machine, 3x3 pad 1,
-    median ms): 8x64x16x16 0.41 -> 0.24, 8x128x8x8 0.46 -> 0.31, VGG16's conv5 at 224
-    (1x512x14x14) 0.38 -> 0.22; level at 4x4 and on wide rows (1x3x224x224: 0.042 / 0.048)."""
-    H, W = x.shape[2], x.shape[3]
-    HW = H * W
+    channel; plain uint64 indices, no slices (slicing per tap made it 1.5-2x slower). Median
+    ms against _im2col_rows, 3x3 pad 1 (2-core dev machine): 8x128x4x4 0.22 -> 0.13,
+    8x128x8x8 0.31 -> 0.11, 8x64x16x16 0.25 -> 0.11, VGG16's conv5 at 224 (1x512x14x14)
+    0.21 -> 0.07; level on wide rows (1x256x56x56)."""
+    HW = x.shape[2]
+    H = HW // W
     L = (r1 - r0) * W                                # one image's share of a column row
     for t in prange((n1 - n0) * C):
         nn, c = t // C, t % C
-        xf = x[n0 + nn, c0 + c].reshape(HW)
+        n, cc, base = n0 + nn, c0 + c, uint64(nn * L)
         for i in range(kh):
             oa = min(max(r0, ph - i * dh), r1)       # output rows whose input row is inside
             ob = max(min(r1, H + ph - i * dh), oa)
             q0, q1 = (oa - r0) * W, (ob - r0) * W    # ... as a run of the column row
             for j in range(kw):
+                k = (c * kh + i) * kw + j
                 off = j * dw - pw
                 lo, hi = min(max(0, -off), W), max(min(W, W - off), 0)   # ow inside: [lo, hi)
-                crow = col[(c * kh + i) * kw + j, nn * L:(nn + 1) * L]
-                s = (oa - ph + i * dh) * W + off - q0    # xf index = crow index + s
+                s = (oa - ph + i * dh) * W + off - q0    # x index = column index + s
                 a, b = max(q0, -s), min(q1, HW - s)      # clipped to the plane (edge columns)
-                if b > a:
-                    run, src = crow[a:b], xf[a + s:b + s]
-                    for q in range(uint64(b - a)):
-                        run[q] = src[q]
                 for q in range(uint64(q0)):
-                    crow[q] = 0
+                    col[k, base + q] = 0
+                dst, src = base + uint64(a), uint64(a + s)   # (both >= 0)
+                for q in range(uint64(max(0, b - a))):
+                    col[k, dst + q] = x[n, cc, src + q]
                 for q in range(uint64(q1), uint64(L)):
-                    crow[q] = 0
+                    col[k, base + q] = 0
                 for r in range(q0, q1, W):              # the wrapped columns of each row
-                    row = crow[r:r + W]
+                    rb = base + uint64(r)
                     for q in range(uint64(lo)):
-                        row[q] = 0
+                        col[k, rb + q] = 0
                     for q in range(uint64(hi), uint64(W)):
-                        row[q] = 0
+                        col[k, rb + q] = 0
 
 
 @njit(parallel=True, cache=True)
