@@ -120,7 +120,6 @@ def test_dense_deconv_is_not_diagonal(rng):
           F.conv_transpose2d(x, w, None, 2, 1, device="numpy"), np.float64)
 
 
-# rows short and long (4, 50), heights even and odd
 def test_flat_im2col_is_the_row_by_row_one():
     """_im2col_flat (stride 1, Wo == W) writes exactly what _im2col_rows writes, every entry
     (the column matrix starts as NaN): taps that reach past every edge, dilations, row pads
@@ -149,6 +148,7 @@ def test_flat_im2col_is_the_row_by_row_one():
     assert cases > 100
 
 
+# rows short and long (4, 50), heights even and odd
 @pytest.mark.parametrize("h,w,ceil", [(6, 6, True), (7, 5, True), (7, 5, False), (1, 1, True),
                                       (4, 50, True), (5, 52, False)])
 def test_max_pool_2x2_ties_and_edges(rng, h, w, ceil):
