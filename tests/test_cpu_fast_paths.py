@@ -1,8 +1,9 @@
 """The fast routes of kernels/cpu/, each forced on small shapes and compared with the numpy
-reference: Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (forward, dx, dw), dx as a
-convolution of dout, the depthwise transposed convolution of a diagonal (bilinear) weight,
-the 2x2 max-pool kernel and its first-maximum-wins rule on ties, im2col's flat copy for
-"same" convolutions of stride 1, and scratch reuse across calls of different sizes.
+reference: Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (forward, dx, dw; F(4x4) also
+channels last), dx as a convolution of dout, the depthwise transposed convolution of a
+diagonal (bilinear) weight, the 2x2 max-pool kernel and its first-maximum-wins rule on ties,
+im2col's flat copy for "same" convolutions of stride 1, and scratch reuse across calls of
+different sizes.
 On real sizes these routes are chosen by thresholds; here the thresholds are lowered so that
 tiny shapes take them."""
 import numpy as np
@@ -23,13 +24,18 @@ def close(a, b, dtype):
         np.testing.assert_allclose(u, v, rtol=0, atol=tol * scale)
 
 
-@pytest.fixture(params=[(2,), (4,)], ids=["F2x2", "F4x4"])
+@pytest.fixture(params=["F2x2", "F4x4", "F4x4-cl"])
 def winograd_everywhere(monkeypatch, request):
-    monkeypatch.setattr(winograd, "WINO_TILES", request.param)
+    monkeypatch.setattr(winograd, "WINO_TILES", (4,) if "F4" in request.param else (2,))
     monkeypatch.setattr(winograd, "WINO_MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "WINO_MIN_TOTAL_BLOCKS", {2: 1, 4: 1})
-    monkeypatch.setattr(winograd, "WINO_MIN_BLOCKS", 3)        # several tiles per image
     monkeypatch.setattr(winograd, "WINO_BUDGET", 1)
+    if request.param == "F4x4-cl":         # channels last: whole images a tile, and only that
+        monkeypatch.setattr(winograd, "WINO_CL_MIN_CHANNELS", 1)
+        for old in ("_wino4_in", "_wino4_out", "_wino4_dout"):
+            monkeypatch.setattr(winograd, old, None)
+    else:
+        monkeypatch.setattr(winograd, "WINO_MIN_BLOCKS", 3)    # several tiles per image
     calls = {"conv": 0, "dw": 0}           # so a test can tell the route was really taken
 
     def counted(name, fn):
@@ -66,6 +72,27 @@ def test_winograd_matches_reference(winograd_everywhere, rng, dtype, n, c, f, h,
     dx_conv = conv._dx_as_conv(x.shape, wt.shape, y.shape, (1, 1), (pad, pad), (1, 1))
     per_dx = 2 if winograd.WINO_TILES == (4,) else 1
     assert winograd_everywhere == {"conv": 1 + 2 * per_dx * bool(dx_conv), "dw": 2}
+
+
+def test_small_images_take_f4x4_channels_last(rng, monkeypatch):
+    """With the real thresholds: a batch of small images with 16+ channels takes F(4x4)
+    channels last even with fewer blocks than the row-of-blocks kernels need (forward, dx and
+    dw, matching the reference); VGG16's conv5 at 224 (16 blocks) stays with im2col."""
+    assert winograd._winograd_tile((512, 512, 3, 3), (1, 1), (1, 1), 1, (14, 14), 1) == 0
+    assert winograd._winograd_tile((16, 16, 3, 3), (1, 1), (1, 1), 1, (16, 16), 2) == 4
+    calls = []
+    for name in ("_wino4_in_cl", "_wino4_out_cl", "_wino4_dout_cl"):
+        fn = getattr(winograd, name)
+        monkeypatch.setattr(winograd, name, lambda *a, fn=fn, name=name: (calls.append(name),
+                                                                          fn(*a))[1])
+    x = rng.standard_normal((2, 16, 16, 16))
+    wt = rng.standard_normal((16, 16, 3, 3))
+    y = F.conv2d(x, wt, pad=1, device="cpu")
+    close(y, F.conv2d(x, wt, pad=1, device="numpy"), np.float64)
+    dy = rng.standard_normal(y.shape)
+    close(F.conv2d_backward(dy, x, wt, pad=1, device="cpu"),
+          F.conv2d_backward(dy, x, wt, pad=1, device="numpy"), np.float64)
+    assert set(calls) == {"_wino4_in_cl", "_wino4_out_cl", "_wino4_dout_cl"}
 
 
 def test_winograd_on_a_strided_view(winograd_everywhere, rng):
