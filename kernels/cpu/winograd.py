@@ -455,8 +455,9 @@ def _wino_tiles(N, TH, TW, chans, itemsize, nxi=16):
 
 
 def _channels_last_pays(m, Cg, Fg, hw, tiles, TH):
-    """F(4x4) channels last (above): enough channels in and out to fill a vector, and small
-    images, each tile whole images (so that the copies cover what the blocks read)."""
+    """F(4x4) channels last (winograd_cl.py): enough channels in and out to fill a vector,
+    and small images, each tile whole images (so that the copies cover what the blocks
+    read)."""
     return m == 4 and min(Cg, Fg) >= WINO_CL_MIN_CHANNELS and \
         hw[0] * hw[1] <= WINO_CL_MAX_PIXELS and all(t[2:] == (0, TH) for t in tiles)
 
@@ -472,8 +473,8 @@ def _winograd_tile(w_shape, stride, dilation, groups, out_hw, N):
     (2 cores): F(4x4) from conv1_2 to conv3_3 (56x56: 196 blocks), F(2x2) at conv4 (28x28:
     196 blocks), im2col at conv5 (14x14: 49 blocks), where its single GEMM is wider. On the
     tiny FCN's batch of 8: F(4x4) from 16 channels at 64x64 (forward+backward 11.2 -> 5.7 ms)
-    down to 16x16 (128 blocks). Channels last (above), F(4x4) pays with fewer blocks on small
-    images: WINO_CL_MIN_BLOCKS of them up to WINO_CL_SMALL_PIXELS (the tiny FCN's conv4,
+    down to 16x16 (128 blocks). Channels last (winograd_cl.py), F(4x4) pays with fewer
+    blocks on small images: WINO_CL_MIN_BLOCKS of them up to WINO_CL_SMALL_PIXELS (conv4,
     8x128x8x8: 32 blocks, forward 1.1 -> 0.75 ms, backward 2.4 -> 1.5 against im2col; VGG16's
     conv5 at 224, 16 blocks, stays with im2col: 2.5x slower channels last)."""
     F, Cg, kh, kw = w_shape
