@@ -29,11 +29,27 @@ def _channels_last(x, n0, n1, c0, C, xt):
                 xt[nn, h, w, c] = x[n0 + nn, c0 + c, h, w]
 
 
+@njit(cache=True)
+def _patch(src, nn, h0, w0, P):
+    """P[i, j, :] = src[nn, h0 + i, w0 + j, :] (channels last), zero outside src: the block
+    patch both transforms below start from."""
+    H, W, C = src.shape[1], src.shape[2], src.shape[3]
+    for i in range(P.shape[0]):
+        for j in range(P.shape[1]):
+            h, w = h0 + i, w0 + j
+            if 0 <= h < H and 0 <= w < W:
+                for c in range(C):
+                    P[i, j, c] = src[nn, h, w, c]
+            else:
+                for c in range(C):
+                    P[i, j, c] = 0
+
+
 @njit(parallel=True, cache=True)
 def _wino4_in_cl(xt, ph, pw, TH, TW, V):
     """V[6i + j, t, c] = (B^T d B)[i, j], d the 6x6 patch of the padded xt (images, H, W, C)
     under block t = (nn*TH + ty)*TW + tx."""
-    N, H, W, C = xt.shape
+    N, C = xt.shape[0], xt.shape[3]
     f4, f5, f2 = xt.dtype.type(4), xt.dtype.type(5), xt.dtype.type(2)
     for q in prange(N * TH):
         nn, ty = q // TH, q % TH
@@ -41,16 +57,7 @@ def _wino4_in_cl(xt, ph, pw, TH, TW, V):
         R = np.empty((6, 6, C), dtype=xt.dtype)
         for tx in range(TW):
             t = q * TW + tx
-            for i in range(6):
-                h = 4 * ty - ph + i
-                for j in range(6):
-                    w = 4 * tx - pw + j
-                    if 0 <= h < H and 0 <= w < W:
-                        for c in range(C):
-                            D[i, j, c] = xt[nn, h, w, c]
-                    else:
-                        for c in range(C):
-                            D[i, j, c] = 0
+            _patch(xt, nn, 4 * ty - ph, 4 * tx - pw, D)
             for j in range(6):                       # B^T down the columns ...
                 for c in range(C):
                     d0, d1, d2, d3, d4, d5 = D[0, j, c], D[1, j, c], D[2, j, c], D[3, j, c], \
@@ -121,7 +128,7 @@ def _wino4_out_cl(M, bias, n0, f0, TH, TW, y):
 def _wino4_dout_cl(gt, TH, TW, D):
     """D[6i + j, t, f] = (A g A^T)[i, j] for the 4x4 block t of gt (images, Ho, Wo, F), zero
     past its edge: the adjoint of _wino4_out_cl."""
-    N, Ho, Wo, F = gt.shape
+    N, F = gt.shape[0], gt.shape[3]
     f2, f4, f8 = gt.dtype.type(2), gt.dtype.type(4), gt.dtype.type(8)
     for q in prange(N * TH):
         nn, ty = q // TH, q % TH
@@ -129,16 +136,7 @@ def _wino4_dout_cl(gt, TH, TW, D):
         Q = np.empty((6, 4, F), dtype=gt.dtype)
         for tx in range(TW):
             t = q * TW + tx
-            for k in range(4):
-                oh = 4 * ty + k
-                for m in range(4):
-                    ow = 4 * tx + m
-                    if oh < Ho and ow < Wo:
-                        for f in range(F):
-                            G[k, m, f] = gt[nn, oh, ow, f]
-                    else:
-                        for f in range(F):
-                            G[k, m, f] = 0
+            _patch(gt, nn, 4 * ty, 4 * tx, G)
             for m in range(4):                       # A down the columns ...
                 for f in range(F):
                     a0, a1, a2, a3 = G[0, m, f], G[1, m, f], G[2, m, f], G[3, m, f]
